@@ -1,0 +1,77 @@
+"""The ``cmhash`` command line: one subcommand per pipeline stage (what dvc.yaml calls).
+
+Heavy libraries are imported inside the stage functions, so ``cmhash --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+STAGES = {
+    "prepare": "build the dataset named by dataset.name into data/prepared/<name>.h5",
+    "validate": "run the Great Expectations checks on the prepared file; exit 1 if any fails",
+    "encode": "encode images and texts with the encoder of encode.backend into data/features/<name>.h5",
+    "train": "fit one hashing method at one code length; write data/models/<method>-<bits>/",
+    "evaluate": "compute mAP@all, mAP@k and curves for one method and length; write metrics/ and plots/",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="cmhash",
+        description="Reproducible cross-modal hashing pipeline. Usually run through `dvc repro`; "
+        "each subcommand is one stage of dvc.yaml and reads its settings from params.yaml.",
+    )
+    from cmhash import __version__
+
+    parser.add_argument("--version", action="version", version=f"cmhash {__version__}")
+    sub = parser.add_subparsers(dest="stage", required=True, metavar="STAGE")
+    for name, help_text in STAGES.items():
+        stage = sub.add_parser(name, help=help_text, description=help_text)
+        stage.add_argument("--params", default="params.yaml", type=Path, help="parameter file (default: params.yaml)")
+        stage.add_argument("--root", default=Path("."), type=Path, help="project folder that holds data/, metrics/ and plots/ (default: .)")
+        if name in ("prepare", "encode", "train"):
+            stage.add_argument("--quiet", action="store_true", help="no progress bars")
+        if name in ("train", "evaluate"):
+            stage.add_argument("--method", required=True, help="hashing method, e.g. djsrh, lsh, itq")
+            stage.add_argument("--bits", required=True, type=int, help="code length in bits, e.g. 64")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from cmhash import stages
+    from cmhash.errors import CmhashError
+    from cmhash.layout import Layout
+    from cmhash.params import load_params
+
+    try:
+        params = load_params(args.params)
+        layout = Layout(args.root)
+        progress = not getattr(args, "quiet", False)
+        if args.stage == "prepare":
+            print(f"prepared {stages.prepare(params, layout, progress)}")
+        elif args.stage == "validate":
+            report = stages.validate(params, layout)
+            print(f"validated {layout.prepared(params['dataset']['name'])}: all {report['evaluated']} expectations passed")
+        elif args.stage == "encode":
+            print(f"encoded {stages.encode(params, layout, progress)}")
+        elif args.stage == "train":
+            print(f"trained {stages.train(params, layout, args.method, args.bits, progress)}")
+        elif args.stage == "evaluate":
+            results = stages.evaluate(params, layout, args.method, args.bits)
+            summary = "  ".join(f"{d} " + " ".join(f"{k}={v:.4f}" for k, v in m.items()) for d, m in results.items())
+            print(f"{args.method} {args.bits} bits: {summary}")
+    except CmhashError as err:
+        print(f"cmhash {args.stage}: error: {err}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"cmhash {args.stage}: interrupted; outputs are written atomically, so rerun the stage to start again or resume.", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

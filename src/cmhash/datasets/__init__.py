@@ -1,0 +1,69 @@
+"""Dataset builders: each turns one source into the canonical prepared HDF5 file.
+
+A builder is a function ``(dataset_params, out_path, progress) -> None`` registered in
+:data:`BUILDERS` under the ``dataset.name`` that selects it in params.yaml.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cmhash.datasets.prepared import write_prepared
+from cmhash.datasets.splits import random_split
+from cmhash.errors import CmhashError
+
+Builder = Callable[[dict[str, Any], Path, bool], None]
+
+
+def prepare_builtin(dataset: dict[str, Any], out_path: Path, progress: bool = True) -> None:
+    """Generate the built-in dataset (see :mod:`cmhash.datasets.builtin`) and write it."""
+    from cmhash.datasets.builtin import generate_builtin
+
+    settings = dataset.get("builtin") or {}
+    size = int(settings.get("size", 6000))
+    image_size = int(settings.get("image_size", 96))
+    if image_size < 64:
+        raise CmhashError(f"params.yaml: dataset.builtin.image_size is {image_size}; it must be at least 64.")
+    seed = int(dataset.get("seed", 0))
+    split = dataset.get("split") or {}
+    splits = random_split(size, int(split.get("query", 1000)), int(split.get("train", 3000)), seed)
+    data = generate_builtin(size, image_size, seed, progress=progress)
+    write_prepared(
+        out_path,
+        labels=data["labels"],
+        label_names=data["label_names"],
+        texts=data["captions"],
+        text_item=np.arange(size),
+        images=data["images"],
+        splits=splits,
+        source="builtin",
+        params=dataset,
+    )
+
+
+def builtin_expected_sizes(dataset: dict[str, Any]) -> dict[str, int]:
+    size = int((dataset.get("builtin") or {}).get("size", 6000))
+    split = dataset.get("split") or {}
+    query, train = int(split.get("query", 1000)), int(split.get("train", 3000))
+    return {"items": size, "query": query, "retrieval": size - query, "train": train}
+
+
+BUILDERS: dict[str, Builder] = {"builtin": prepare_builtin}
+EXPECTED_SIZES: dict[str, Callable[[dict[str, Any]], dict[str, int]]] = {"builtin": builtin_expected_sizes}
+
+
+def expected_sizes(dataset: dict[str, Any]) -> dict[str, int]:
+    """The item and split counts the parameters promise, for the validate stage."""
+    return EXPECTED_SIZES[dataset["name"]](dataset) if dataset.get("name") in EXPECTED_SIZES else {}
+
+
+def prepare_dataset(dataset: dict[str, Any], out_path: Path, progress: bool = True) -> None:
+    """Build the dataset named by ``dataset['name']`` into ``out_path``."""
+    name = dataset.get("name")
+    if name not in BUILDERS:
+        raise CmhashError(f"params.yaml: dataset.name is {name!r}; known datasets: {', '.join(sorted(BUILDERS))}.")
+    BUILDERS[name](dataset, Path(out_path), progress)

@@ -1,0 +1,170 @@
+"""The canonical prepared-dataset file: one HDF5 file per dataset, the input of every later stage.
+
+Layout (format version 1; documented in docs/data-format.md):
+
+- ``labels``        (N, C) uint8, 0/1 multi-hot labels
+- ``texts``         (M,) UTF-8 strings, M >= N: every caption of every item
+- ``text_item``     (M,) int64, the item each text belongs to (non-decreasing)
+- ``images``        (N, H, W, 3) uint8 pixels, or
+- ``image_paths``   (N,) UTF-8 paths relative to the ``image_root`` attribute
+- ``splits/query``, ``splits/retrieval``, ``splits/train``  int64 item indices
+- attributes: ``label_names``, ``source``, ``params`` (JSON of the settings that made the file),
+  ``cmhash_version``, ``format_version``, and ``image_root`` when paths are stored.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+
+from cmhash import __version__
+from cmhash.atomic import atomic_path
+from cmhash.errors import CmhashError
+
+FORMAT_VERSION = 1
+SPLIT_NAMES = ("query", "retrieval", "train")
+_STR = h5py.string_dtype(encoding="utf-8")
+
+
+def write_prepared(
+    path: str | Path,
+    *,
+    labels: np.ndarray,
+    label_names: Sequence[str],
+    texts: Sequence[str],
+    text_item: np.ndarray,
+    splits: dict[str, np.ndarray],
+    source: str,
+    params: dict[str, Any],
+    images: np.ndarray | None = None,
+    image_paths: Sequence[str] | None = None,
+    image_root: str | None = None,
+) -> None:
+    """Write a prepared dataset atomically. Exactly one of ``images`` / ``image_paths`` is given."""
+    if (images is None) == (image_paths is None):
+        raise ValueError("give exactly one of images or image_paths")
+    labels = np.asarray(labels)
+    if labels.ndim != 2 or labels.shape[1] != len(label_names):
+        raise ValueError(f"labels must be (N, {len(label_names)}), got {labels.shape}")
+    text_item = np.asarray(text_item, dtype=np.int64)
+    if len(texts) != len(text_item):
+        raise ValueError("texts and text_item differ in length")
+    with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
+        f.create_dataset("labels", data=labels.astype(np.uint8), compression="gzip")
+        f.create_dataset("texts", data=np.array(list(texts), dtype=object), dtype=_STR, compression="gzip")
+        f.create_dataset("text_item", data=text_item, compression="gzip")
+        if images is not None:
+            chunk = (min(64, len(images)),) + tuple(images.shape[1:])
+            f.create_dataset("images", data=images, chunks=chunk, compression="gzip", compression_opts=4)
+        else:
+            f.create_dataset("image_paths", data=np.array(list(image_paths), dtype=object), dtype=_STR)
+            f.attrs["image_root"] = str(image_root or "")
+        group = f.create_group("splits")
+        for name in SPLIT_NAMES:
+            group.create_dataset(name, data=np.asarray(splits[name], dtype=np.int64))
+        f.attrs["label_names"] = np.array(list(label_names), dtype=object).astype(_STR)
+        f.attrs["source"] = source
+        f.attrs["params"] = json.dumps(params, sort_keys=True)
+        f.attrs["cmhash_version"] = __version__
+        f.attrs["format_version"] = FORMAT_VERSION
+
+
+class PreparedData:
+    """A prepared file opened for reading; use as a context manager.
+
+    Small arrays (labels, texts, splits) are read eagerly; images stay in the file and are read
+    batch by batch with :meth:`iter_images`, so memory stays bounded at any dataset size.
+    """
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise CmhashError(f"{self.path}: prepared dataset not found; run `cmhash prepare` (or `dvc repro prepare`) first.")
+        try:
+            self._file = h5py.File(self.path, "r")
+        except OSError as err:
+            raise CmhashError(f"{self.path}: not a readable HDF5 file ({err}); delete it and run `cmhash prepare` again.") from err
+        f = self._file
+        missing = [k for k in ("labels", "texts", "text_item", "splits") if k not in f]
+        if "images" not in f and "image_paths" not in f:
+            missing.append("images or image_paths")
+        if missing:
+            raise CmhashError(f"{self.path}: not a cmhash prepared file (missing {', '.join(missing)}); run `cmhash prepare` again.")
+        self.labels: np.ndarray = f["labels"][()]
+        self.label_names: list[str] = [_as_str(n) for n in f.attrs.get("label_names", [])]
+        self.texts: list[str] = [_as_str(t) for t in f["texts"][()]]
+        self.text_item: np.ndarray = f["text_item"][()]
+        self.splits: dict[str, np.ndarray] = {name: f["splits"][name][()] for name in f["splits"]}
+        self.source: str = _as_str(f.attrs.get("source", ""))
+        self.params: dict[str, Any] = json.loads(f.attrs.get("params", "{}"))
+        self.image_root: Path | None = None
+        if "image_paths" in f:
+            root = Path(_as_str(f.attrs.get("image_root", "")))
+            self.image_root = root if root.is_absolute() else (self.path.parent / root)
+
+    @property
+    def n_items(self) -> int:
+        return int(self.labels.shape[0])
+
+    @property
+    def stores_pixels(self) -> bool:
+        return "images" in self._file
+
+    @property
+    def images(self) -> h5py.Dataset:
+        """The (N, H, W, 3) pixel dataset (only when :attr:`stores_pixels`)."""
+        return self._file["images"]
+
+    @property
+    def image_paths(self) -> list[str]:
+        return [_as_str(p) for p in self._file["image_paths"][()]]
+
+    def texts_by_item(self) -> list[list[str]]:
+        """The captions of each item, in item order."""
+        grouped: list[list[str]] = [[] for _ in range(self.n_items)]
+        for text, item in zip(self.texts, self.text_item):
+            if 0 <= item < self.n_items:
+                grouped[item].append(text)
+        return grouped
+
+    def iter_images(self, batch_size: int, first: int = 0) -> Iterator[list["PIL.Image.Image"]]:  # noqa: F821
+        """Yield the images from item ``first`` on as RGB PIL images, ``batch_size`` at a time."""
+        from PIL import Image
+
+        for start in range(first, self.n_items, batch_size):
+            stop = min(start + batch_size, self.n_items)
+            if self.stores_pixels:
+                yield [Image.fromarray(a) for a in self.images[start:stop]]
+            else:
+                paths = self.image_paths[start:stop]
+                yield [_open_image(self.image_root / p, self.path, start + i) for i, p in enumerate(paths)]
+
+    def close(self) -> None:
+        self._file.close()
+
+    def __enter__(self) -> "PreparedData":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _open_image(path: Path, prepared: Path, item: int):
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as img:
+            return img.convert("RGB")
+    except FileNotFoundError as err:
+        raise CmhashError(f"{prepared}: item {item}: image {path} does not exist; check dataset.root.") from err
+    except (UnidentifiedImageError, OSError) as err:
+        raise CmhashError(f"{prepared}: item {item}: cannot decode image {path} ({err}).") from err
+
+
+def _as_str(value: Any) -> str:
+    return value.decode("utf-8") if isinstance(value, bytes) else str(value)

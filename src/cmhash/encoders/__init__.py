@@ -1,0 +1,45 @@
+"""Feature encoders: one interface, several backends, chosen by ``encode.backend`` in params.yaml.
+
+An encoder turns a batch of RGB PIL images and a batch of strings into float arrays::
+
+    encoder.encode_images(images: list[PIL.Image]) -> np.ndarray  # (n, image_dim)
+    encoder.encode_texts(texts: list[str]) -> np.ndarray          # (n, text_dim)
+
+and describes itself with ``name``, ``aligned`` (True when both modalities share one embedding
+space, as in CLIP) and ``settings()`` (what is recorded in the features file).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+import numpy as np
+
+from cmhash.errors import CmhashError
+
+
+class Encoder(Protocol):
+    name: str
+    aligned: bool
+
+    def settings(self) -> dict[str, Any]: ...
+
+    def encode_images(self, images: list) -> np.ndarray: ...
+
+    def encode_texts(self, texts: list[str]) -> np.ndarray: ...
+
+
+def build_encoder(encode: dict[str, Any]) -> Encoder:
+    """Build the encoder that ``encode.backend`` names, with its settings from ``encode.<backend>``."""
+    backend = encode.get("backend", "offline")
+    device = encode.get("device", "auto")
+    settings = dict(encode.get(backend) or {})
+    if backend == "offline":
+        from cmhash.encoders.offline import OfflinePretrainedEncoder
+
+        return OfflinePretrainedEncoder(device=device, **settings)
+    if backend == "open_clip":
+        from cmhash.encoders.clip import OpenClipEncoder
+
+        return OpenClipEncoder(device=device, **settings)
+    raise CmhashError(f"params.yaml: encode.backend is {backend!r}; choose 'offline' or 'open_clip'.")

@@ -1,0 +1,68 @@
+"""open_clip encoders: any architecture, with a pretrained tag or a local checkpoint.
+
+Named tags (``laion2b_s34b_b79k``...) download weights from the internet; on an offline machine
+set ``encode.open_clip.pretrained`` to a local checkpoint file (``.pt``, ``.bin``, ``.safetensors``)
+instead. ``model_config`` registers extra architecture JSON files (a file or a folder), which is how
+the tests build a tiny CLIP. On CUDA the forward passes run under fp16 autocast.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from cmhash.device import resolve_device
+from cmhash.errors import CmhashError
+
+
+class OpenClipEncoder:
+    aligned = True
+
+    def __init__(self, model: str = "ViT-B-32", pretrained: str | None = None, model_config: str | None = None, device: str = "auto"):
+        import open_clip
+        import torch
+
+        self._torch = torch
+        self.model_name = model
+        self.pretrained = pretrained
+        self.device = resolve_device(device)
+        if model_config:
+            open_clip.add_model_config(model_config)
+        if model not in open_clip.list_models() and not model.startswith(("hf-hub:", "local-dir:")):
+            raise CmhashError(
+                f"params.yaml: encode.open_clip.model {model!r} is not a known open_clip architecture; "
+                "register its JSON config with encode.open_clip.model_config."
+            )
+        try:
+            self.model, _, self.preprocess = open_clip.create_model_and_transforms(model, pretrained=pretrained or None, device=self.device)
+        except RuntimeError as err:
+            raise CmhashError(
+                f"open_clip could not load weights {pretrained!r} for {model}: {err}\n"
+                "This machine cannot download weights. Fetch the checkpoint where you have internet "
+                "(e.g. open_clip_pytorch_model.bin from the model's hub page), copy it here and set "
+                "encode.open_clip.pretrained to its local path in params.yaml."
+            ) from err
+        self.model.eval()
+        self.tokenizer = open_clip.get_tokenizer(model)
+        self.name = f"open_clip:{model}" + (f":{pretrained}" if pretrained else ":random-init")
+
+    def settings(self) -> dict[str, Any]:
+        return {"model": self.model_name, "pretrained": self.pretrained}
+
+    def _autocast(self):
+        torch = self._torch
+        enabled = self.device.startswith("cuda")
+        return torch.autocast(device_type="cuda" if enabled else "cpu", dtype=torch.float16, enabled=enabled)
+
+    def encode_images(self, images: list) -> np.ndarray:
+        torch = self._torch
+        batch = torch.stack([self.preprocess(img.convert("RGB")) for img in images]).to(self.device)
+        with torch.inference_mode(), self._autocast():
+            return self.model.encode_image(batch).float().cpu().numpy()
+
+    def encode_texts(self, texts: list[str]) -> np.ndarray:
+        torch = self._torch
+        tokens = self.tokenizer(list(texts)).to(self.device)
+        with torch.inference_mode(), self._autocast():
+            return self.model.encode_text(tokens).float().cpu().numpy()

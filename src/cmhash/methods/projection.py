@@ -1,0 +1,30 @@
+"""Shared shape of the linear baselines: ``codes = sign((x - centre) @ projection)`` per modality."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from cmhash.methods import to_codes
+
+_STATE_KEYS = ("image_centre", "text_centre", "image_projection", "text_projection")
+
+
+class LinearProjectionHash:
+    """Base of LSH and ITQ: subclasses set the four arrays in ``fit``."""
+
+    def __init__(self, bits: int, seed: int = 0, device: str = "auto"):
+        self.bits = bits
+        self.seed = seed
+
+    def encode_images(self, features: np.ndarray) -> np.ndarray:
+        return to_codes((features - self.image_centre) @ self.image_projection)
+
+    def encode_texts(self, features: np.ndarray) -> np.ndarray:
+        return to_codes((features - self.text_centre) @ self.text_projection)
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        return {key: getattr(self, key) for key in _STATE_KEYS}
+
+    def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
+        for key in _STATE_KEYS:
+            setattr(self, key, np.asarray(state[key]))

@@ -1,0 +1,109 @@
+"""The pipeline's stages as plain functions: DVC (through the CLI), Prefect tasks and tests call these.
+
+prepare -> validate -> encode -> train (per method and bit length) -> evaluate (likewise).
+Each reads the parameters it needs, reads its inputs from the :class:`~cmhash.layout.Layout` paths
+and writes its outputs there atomically.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from cmhash.atomic import write_json, write_text
+from cmhash.layout import Layout
+from cmhash.params import method_params
+
+
+def prepare(params: dict[str, Any], layout: Layout, progress: bool = True) -> Path:
+    from cmhash.datasets import prepare_dataset
+
+    out = layout.prepared(params["dataset"]["name"])
+    prepare_dataset(params["dataset"], out, progress=progress)
+    return out
+
+
+def validate(params: dict[str, Any], layout: Layout) -> dict[str, Any]:
+    from cmhash.datasets import expected_sizes
+    from cmhash.validation import validate_prepared
+
+    name = params["dataset"]["name"]
+    return validate_prepared(layout.prepared(name), layout.validation_report(name), expected_sizes(params["dataset"]))
+
+
+def encode(params: dict[str, Any], layout: Layout, progress: bool = True) -> Path:
+    from cmhash.encoders import build_encoder
+    from cmhash.features import encode_dataset
+
+    name = params["dataset"]["name"]
+    settings = params["encode"]
+    encoder = build_encoder(settings)
+    out = layout.features(name)
+    encode_dataset(layout.prepared(name), out, encoder, batch_size=int(settings.get("batch_size", 64)), progress=progress)
+    return out
+
+
+def train(params: dict[str, Any], layout: Layout, method: str, bits: int, progress: bool = True) -> Path:
+    """Fit one method at one code length on the train split; write the model and the codes."""
+    from cmhash.codes import SplitCodes, write_codes
+    from cmhash.datasets.prepared import PreparedData
+    from cmhash.features import read_features
+    from cmhash.methods import build_method, save_model
+
+    name = params["dataset"]["name"]
+    seed = int(params["train"].get("seed", 0))
+    settings = method_params(params, method)
+    features = read_features(layout.features(name))
+    with PreparedData(layout.prepared(name)) as data:
+        splits, labels = data.splits, data.labels
+    train_idx = splits["train"]
+    model = build_method(method, bits, settings, seed, params["train"].get("device", "auto"), progress=progress)
+    started = time.perf_counter()
+    model.fit(features.images[train_idx], features.texts[train_idx], labels=labels[train_idx], aligned=features.aligned)
+    seconds = time.perf_counter() - started
+    out_dir = layout.model_dir(method, bits)
+    save_model(out_dir / "model.pt", method, model, settings, seed)
+    codes = {
+        split: SplitCodes(splits[split], model.encode_images(features.images[splits[split]]), model.encode_texts(features.texts[splits[split]]))
+        for split in ("query", "retrieval")
+    }
+    write_codes(out_dir / "codes.h5", method, bits, codes)
+    write_json(out_dir / "train.json", {"method": method, "bits": bits, "seed": seed, "settings": settings,
+                                        "encoder": features.encoder, "train_items": int(len(train_idx)), "fit_seconds": round(seconds, 2)})
+    return out_dir
+
+
+def evaluate(params: dict[str, Any], layout: Layout, method: str, bits: int) -> dict[str, Any]:
+    """I->T and T->I retrieval metrics and curves for one trained method and code length."""
+    from cmhash import metrics
+    from cmhash.codes import read_codes
+    from cmhash.datasets.prepared import PreparedData
+
+    settings = params["evaluate"]
+    map_k = int(settings.get("map_k", 50))
+    top_r = [int(r) for r in settings.get("top_r", [1, 10, 50, 100, 500, 1000])]
+    codes = read_codes(layout.model_dir(method, bits) / "codes.h5")
+    with PreparedData(layout.prepared(params["dataset"]["name"])) as data:
+        labels = data.labels
+    query_labels, retrieval_labels = labels[codes["query"].index], labels[codes["retrieval"].index]
+    directions = {
+        "i2t": (codes["query"].images, codes["retrieval"].texts),
+        "t2i": (codes["query"].texts, codes["retrieval"].images),
+    }
+    results: dict[str, Any] = {}
+    plots = layout.plots_dir(method, bits)
+    for direction, (query, retrieval) in directions.items():
+        args = (query, retrieval, query_labels, retrieval_labels)
+        results[direction] = {
+            "map_all": round(metrics.mean_average_precision(*args), 6),
+            f"map_{map_k}": round(metrics.mean_average_precision(*args, k=map_k), 6),
+        }
+        precision = metrics.precision_at_top_r(*args, top_r)
+        write_text(plots / f"{direction}_precision_at_top_r.csv",
+                   "R,precision\n" + "".join(f"{r},{p:.6f}\n" for r, p in zip(top_r, precision)))
+        pr_precision, pr_recall = metrics.precision_recall_by_radius(*args)
+        write_text(plots / f"{direction}_precision_recall.csv",
+                   "radius,recall,precision\n" + "".join(f"{i},{r:.6f},{p:.6f}\n" for i, (p, r) in enumerate(zip(pr_precision, pr_recall))))
+    write_json(layout.metrics(method, bits), results)
+    return results

@@ -1,0 +1,191 @@
+"""The validate stage: Great Expectations (GX Core 1.x) checks of a prepared file.
+
+The prepared file is turned into small tables, one row per item, text, split entry or label, and
+each table gets an expectation suite. Every expectation carries a plain-English description; a
+failure lists the ids of a few offending rows. The stage writes a JSON report and raises
+:class:`ValidationFailed` (exit code 1 from the CLI) when anything fails, so that ``dvc repro``
+stops before encode and train.
+
+What is checked:
+
+- items: labels are 0/1, every item has at least one label and at least one text, every image is
+  present (pixels that are not one flat colour, or a path that exists) and of one shape and dtype;
+- texts: none is empty or blank, each belongs to an existing item;
+- splits: indices in range and unique, sizes as the parameters say, query and retrieval
+  disjoint, train inside retrieval;
+- labels: every label occurs in the training split.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from cmhash.atomic import write_json
+from cmhash.datasets.prepared import SPLIT_NAMES, PreparedData
+from cmhash.errors import ValidationFailed
+
+EXAMPLES = 5  # offending ids quoted per failed expectation
+
+
+@dataclass
+class TableCheck:
+    """A table and the expectations it must meet; ``id_column`` names the rows in failure reports."""
+
+    name: str
+    frame: pd.DataFrame
+    id_column: str
+    expectations: list[Any] = field(default_factory=list)
+
+
+def _item_table(data: PreparedData, splits: dict[str, np.ndarray]) -> pd.DataFrame:
+    n = data.n_items
+    labels = data.labels
+    texts_per_item = np.bincount(data.text_item[(data.text_item >= 0) & (data.text_item < n)], minlength=n)
+    shapes, dtypes, present = _image_columns(data)
+    membership = {}
+    for name in SPLIT_NAMES:
+        mask = np.zeros(n, dtype=bool)
+        idx = splits.get(name, np.array([], dtype=np.int64))
+        mask[idx[(idx >= 0) & (idx < n)]] = True
+        membership[name] = mask
+    return pd.DataFrame(
+        {
+            "item": np.arange(n),
+            "labels_binary": np.isin(labels, (0, 1)).all(axis=1),
+            "n_labels": (labels > 0).sum(axis=1),
+            "n_texts": texts_per_item,
+            "image_present": present,
+            "image_shape": shapes,
+            "image_dtype": dtypes,
+            "in_query_and_retrieval": membership["query"] & membership["retrieval"],
+            "in_train_not_retrieval": membership["train"] & ~membership["retrieval"],
+        }
+    )
+
+
+def _image_columns(data: PreparedData, chunk: int = 256) -> tuple[list[str], list[str], np.ndarray]:
+    """Per item: image shape, dtype and whether an image is really there."""
+    n = data.n_items
+    if data.stores_pixels:
+        images = data.images
+        shape, dtype = str(tuple(images.shape[1:])), str(images.dtype)
+        present = np.zeros(n, dtype=bool)
+        for start in range(0, min(n, images.shape[0]), chunk):
+            block = images[start : start + chunk].reshape(min(chunk, images.shape[0] - start), -1)
+            present[start : start + len(block)] = block.min(axis=1) != block.max(axis=1)  # not one flat colour
+        return [shape] * n, [dtype] * n, present
+    root = data.image_root
+    present = np.array([(root / p).is_file() for p in data.image_paths] + [False] * max(0, n - len(data.image_paths)))[:n]
+    return ["file"] * n, ["file"] * n, present
+
+
+def build_checks(data: PreparedData, expected: dict[str, int]) -> list[TableCheck]:
+    """The tables and expectations for one prepared file; ``expected`` holds items/query/retrieval/train sizes."""
+    import great_expectations.expectations as gxe
+
+    n = data.n_items
+    items = _item_table(data, data.splits)
+    first_shape = items["image_shape"].iloc[0] if n else ""
+    first_dtype = items["image_dtype"].iloc[0] if n else ""
+    checks = [
+        TableCheck("items", items, "item", [
+            gxe.ExpectColumnValuesToBeInSet(column="labels_binary", value_set=[True], description="labels are 0 or 1"),
+            gxe.ExpectColumnValuesToBeBetween(column="n_labels", min_value=1, description="every item has at least one label"),
+            gxe.ExpectColumnValuesToBeBetween(column="n_texts", min_value=1, description="every item has at least one text"),
+            gxe.ExpectColumnValuesToBeInSet(column="image_present", value_set=[True], description="every item has an image (not missing, not one flat colour)"),
+            gxe.ExpectColumnValuesToBeInSet(column="image_shape", value_set=[first_shape], description=f"all images have one shape {first_shape}"),
+            gxe.ExpectColumnValuesToBeInSet(column="image_dtype", value_set=[first_dtype], description=f"all images have one dtype {first_dtype}"),
+            gxe.ExpectColumnValuesToBeInSet(column="in_query_and_retrieval", value_set=[False], description="query and retrieval splits are disjoint"),
+            gxe.ExpectColumnValuesToBeInSet(column="in_train_not_retrieval", value_set=[False], description="the train split lies inside the retrieval split"),
+        ]),
+    ]
+    if "items" in expected:
+        checks[0].expectations.append(gxe.ExpectTableRowCountToEqual(value=int(expected["items"]), description=f"the dataset has {expected['items']} items"))
+    texts = pd.DataFrame({"text_id": np.arange(len(data.texts)), "item": data.text_item, "text": [t.strip() for t in data.texts]})
+    checks.append(TableCheck("texts", texts, "text_id", [
+        gxe.ExpectColumnValueLengthsToBeBetween(column="text", min_value=1, description="no text is empty or blank"),
+        gxe.ExpectColumnValuesToBeBetween(column="item", min_value=0, max_value=n - 1, description="every text belongs to an existing item"),
+    ]))
+    for name in SPLIT_NAMES:
+        frame = pd.DataFrame({"index": data.splits.get(name, np.array([], dtype=np.int64))})
+        split_checks = [
+            gxe.ExpectColumnValuesToBeBetween(column="index", min_value=0, max_value=n - 1, description=f"{name} indices are within 0..{n - 1}"),
+            gxe.ExpectColumnValuesToBeUnique(column="index", description=f"{name} indices are unique"),
+        ]
+        if name in expected:
+            split_checks.append(gxe.ExpectTableRowCountToEqual(value=int(expected[name]), description=f"the {name} split has {expected[name]} items"))
+        checks.append(TableCheck(f"splits/{name}", frame, "index", split_checks))
+    train = data.splits.get("train", np.array([], dtype=np.int64))
+    train = train[(train >= 0) & (train < n)]
+    label_frame = pd.DataFrame({"label": data.label_names, "train_count": (data.labels[train] > 0).sum(axis=0)})
+    checks.append(TableCheck("labels", label_frame, "label", [
+        gxe.ExpectColumnValuesToBeBetween(column="train_count", min_value=1, description="every label occurs in the train split"),
+    ]))
+    return checks
+
+
+def run_checks(checks: list[TableCheck]) -> list[dict[str, Any]]:
+    """Run every table's suite in an ephemeral GX context; one result dict per expectation."""
+    import great_expectations as gx
+    from great_expectations.data_context.types.base import ProgressBarsConfig
+
+    context = gx.get_context(mode="ephemeral")
+    context.variables.progress_bars = ProgressBarsConfig(globally=False)
+    source = context.data_sources.add_pandas("prepared")
+    outcomes = []
+    for check in checks:
+        slug = check.name.replace("/", "_")
+        batch = source.add_dataframe_asset(slug).add_batch_definition_whole_dataframe("all")
+        suite = context.suites.add(gx.ExpectationSuite(name=f"{slug}_suite"))
+        for expectation in check.expectations:
+            suite.add_expectation(expectation)
+        definition = context.validation_definitions.add(gx.ValidationDefinition(name=f"{slug}_validation", data=batch, suite=suite))
+        result = definition.run(
+            batch_parameters={"dataframe": check.frame},
+            result_format={"result_format": "COMPLETE", "unexpected_index_column_names": [check.id_column]},
+        )
+        for r in result.results:
+            details = r.result or {}
+            ids = [_plain(row[check.id_column]) for row in details.get("unexpected_index_list") or [] if isinstance(row, dict)]
+            outcomes.append(
+                {
+                    "table": check.name,
+                    "expectation": r.expectation_config.type,
+                    "description": r.expectation_config.description,
+                    "success": bool(r.success),
+                    "unexpected_count": int(details.get("unexpected_count") or 0),
+                    "observed_value": _plain(details.get("observed_value")),
+                    "examples": ids[:EXAMPLES],
+                    "id_column": check.id_column,
+                }
+            )
+    return outcomes
+
+
+def _plain(value: Any) -> Any:
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def validate_prepared(prepared_path: Path, report_path: Path, expected: dict[str, int]) -> dict[str, Any]:
+    """Validate a prepared file, write the JSON report, raise ValidationFailed on any failure."""
+    with PreparedData(prepared_path) as data:
+        outcomes = run_checks(build_checks(data, expected))
+    failed = [o for o in outcomes if not o["success"]]
+    report = {"prepared": str(prepared_path), "success": not failed, "evaluated": len(outcomes), "failed": len(failed), "expectations": outcomes}
+    write_json(report_path, report)
+    if failed:
+        lines = [f"{prepared_path}: {len(failed)} of {len(outcomes)} data expectations failed:"]
+        for o in failed:
+            if o["examples"]:
+                detail = f"{o['unexpected_count']} bad row(s), e.g. {o['id_column']} {', '.join(map(str, o['examples']))}"
+            else:
+                detail = f"observed {o['observed_value']}"
+            lines.append(f"  - [{o['table']}] {o['description']}: {detail}")
+        lines.append(f"Full report: {report_path}. Fix the source data or the dataset parameters, then run `cmhash prepare` again.")
+        raise ValidationFailed("\n".join(lines))
+    return report
