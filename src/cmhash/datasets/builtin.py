@@ -1,8 +1,10 @@
 """The built-in dataset: seeded, multi-label image-caption pairs drawn with PIL.
 
-Each item is a small scene: a background of one of four **scene** kinds with one to four objects,
-each an object **shape** in an object **colour**. Labels come in three families (10 shapes, 8
-colours, 4 scenes: 22 labels), so the number of labels per item varies from 3 to 9.
+Each item is a small picture: one to four objects, each an object **shape** in an object
+**colour**, on a background. Half of the backgrounds are one of four labelled **scene** kinds
+(beach, night, meadow, room); the other half are plain backgrounds of a random colour that carry
+no label, so that looking alike is not the same as sharing a label. Labels come in three families
+(12 shapes, 10 colours, 4 scenes: 26 labels) and an item has from 2 to 9 of them.
 
 The caption is written the way people tag photos: it mentions only some of the objects, names
 colours only sometimes, uses synonyms ("disc", "crimson", "by the sea") and varied templates, and
@@ -34,6 +36,8 @@ SHAPES = {
     "ring": ["ring", "hoop", "donut", "loop"],
     "arrow": ["arrow", "pointer", "arrowhead"],
     "crescent": ["crescent", "moon", "half moon"],
+    "pentagon": ["pentagon", "five-sided shape"],
+    "oval": ["oval", "ellipse", "egg shape"],
 }
 COLOURS = {
     "red": ((215, 40, 40), ["red", "crimson", "scarlet"]),
@@ -44,6 +48,8 @@ COLOURS = {
     "blue": ((40, 70, 210), ["blue", "navy", "cobalt"]),
     "purple": ((140, 50, 190), ["purple", "violet", "lilac"]),
     "pink": ((240, 120, 180), ["pink", "rose", "magenta"]),
+    "brown": ((130, 80, 40), ["brown", "chocolate", "tan"]),
+    "white": ((245, 245, 245), ["white", "snowy", "ivory"]),
 }
 SCENES = {
     "beach": ["on the beach", "by the sea", "on the sand", "at the seaside"],
@@ -68,6 +74,7 @@ TEMPLATES = [
     "close-up of {objects}",
 ]
 NUMBER_WORDS = {2: "two", 3: "three", 4: "four"}
+SCENE_PROBABILITY = 0.5  # the rest get an unlabelled plain background
 
 
 @dataclass(frozen=True)
@@ -92,8 +99,8 @@ def generate_builtin(size: int, image_size: int, seed: int, progress: bool = Tru
 
 
 def _draw_item(rng: np.random.Generator, size: int) -> BuiltinItem:
-    scene = str(rng.choice(list(SCENES)))
-    n_objects = int(rng.choice([1, 2, 3, 4], p=[0.3, 0.3, 0.25, 0.15]))
+    scene = str(rng.choice(list(SCENES))) if rng.random() < SCENE_PROBABILITY else None
+    n_objects = int(rng.choice([1, 2, 3, 4], p=[0.4, 0.3, 0.2, 0.1]))
     objects = [(str(rng.choice(list(SHAPES))), str(rng.choice(list(COLOURS)))) for _ in range(n_objects)]
 
     image = _background(rng, scene, size)
@@ -105,7 +112,7 @@ def _draw_item(rng: np.random.Generator, size: int) -> BuiltinItem:
     pixels = np.clip(pixels, 0, 255).astype(np.uint8)
 
     label_vector = np.zeros(len(LABEL_NAMES), dtype=np.uint8)
-    for name in {scene, *(s for s, _ in objects), *(c for _, c in objects)}:
+    for name in {scene, *(s for s, _ in objects), *(c for _, c in objects)} - {None}:
         label_vector[LABEL_NAMES.index(name)] = 1
     return BuiltinItem(pixels, _caption(rng, scene, objects), label_vector)
 
@@ -114,10 +121,15 @@ def _jitter(rng: np.random.Generator, rgb: tuple[int, int, int]) -> tuple[int, .
     return tuple(int(np.clip(c + rng.integers(-25, 26), 0, 255)) for c in rgb)
 
 
-def _background(rng: np.random.Generator, scene: str, size: int) -> Image.Image:
+def _background(rng: np.random.Generator, scene: str | None, size: int) -> Image.Image:
     image = Image.new("RGB", (size, size))
     draw = ImageDraw.Draw(image)
-    if scene == "beach":
+    if scene is None:  # plain, unlabelled: a vertical gradient between two random colours
+        top, bottom = rng.integers(0, 256, 3), rng.integers(0, 256, 3)
+        for y in range(size):
+            t = y / max(size - 1, 1)
+            draw.line([0, y, size, y], fill=tuple(int(v) for v in (1 - t) * top + t * bottom))
+    elif scene == "beach":
         horizon = int(size * rng.uniform(0.35, 0.6))
         draw.rectangle([0, 0, size, horizon], fill=_jitter(rng, (120, 180, 235)))
         draw.rectangle([0, horizon, size, size], fill=_jitter(rng, (225, 205, 150)))
@@ -153,6 +165,11 @@ def _draw_object(draw: ImageDraw.ImageDraw, rng: np.random.Generator, shape: str
         draw.polygon(_regular(cx, cy, radius, 4, angle), fill=fill)
     elif shape == "triangle":
         draw.polygon(_regular(cx, cy, radius, 3, angle), fill=fill)
+    elif shape == "pentagon":
+        draw.polygon(_regular(cx, cy, radius, 5, angle), fill=fill)
+    elif shape == "oval":
+        pts = [(math.cos(t), 0.55 * math.sin(t)) for t in np.linspace(0, 2 * math.pi, 24, endpoint=False)]
+        draw.polygon(_place(pts, cx, cy, radius, angle), fill=fill)
     elif shape == "hexagon":
         draw.polygon(_regular(cx, cy, radius, 6, angle), fill=fill)
     elif shape == "diamond":
@@ -189,7 +206,7 @@ def _place(points, cx: float, cy: float, r: float, angle: float) -> list[tuple[f
     return [(cx + r * (x * c - y * s), cy + r * (x * s + y * c)) for x, y in points]
 
 
-def _caption(rng: np.random.Generator, scene: str, objects: list[tuple[str, str]]) -> str:
+def _caption(rng: np.random.Generator, scene: str | None, objects: list[tuple[str, str]]) -> str:
     """A caption that mentions only part of the scene, in varied words."""
     distinct = sorted(set(objects), key=objects.index)
     n_mentioned = int(rng.integers(1, len(distinct) + 1))
@@ -205,7 +222,7 @@ def _caption(rng: np.random.Generator, scene: str, objects: list[tuple[str, str]
             first = (words or [noun])[0]
             phrases.append(" ".join(["an" if first[0] in "aeiou" else "a", *words, noun]))
     objects_text = phrases[0] if len(phrases) == 1 else ", ".join(phrases[:-1]) + " and " + phrases[-1]
-    if rng.random() < 0.5:
+    if scene is None or rng.random() < 0.5:
         template = str(rng.choice([t for t in TEMPLATES if "scene" not in t]))
         scene_text = ""
     else:
