@@ -1,0 +1,71 @@
+"""Shared fixtures: tiny parameters, a tiny open_clip architecture and a tiny prepared dataset."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+
+TINY_CLIP = {
+    "embed_dim": 32,
+    "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "head_width": 16, "patch_size": 8},
+    "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
+}
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+def tiny_params(clip_config: Path | None = None) -> dict:
+    """The project's params.yaml shrunk to seconds: 120 items, short training, two code lengths."""
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["dataset"]["builtin"] = {"size": 120, "image_size": 64}
+    params["dataset"]["split"] = {"query": 20, "train": 60}
+    params["encode"]["batch_size"] = 32
+    params["encode"]["offline"] = {"image_size": 64}
+    if clip_config is not None:
+        params["encode"]["backend"] = "open_clip"
+        params["encode"]["open_clip"] = {"model": "tiny-clip-test", "pretrained": None, "model_config": str(clip_config)}
+    params["train"]["bits"] = [16, 32]
+    params["train"]["device"] = "cpu"
+    params["methods"]["djsrh"].update({"hidden": 32, "epochs": 2, "batch_size": 16})
+    params["evaluate"]["top_r"] = [1, 5, 10, 50]
+    return params
+
+
+@pytest.fixture(scope="session")
+def clip_config(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("clip") / "tiny-clip-test.json"
+    path.write_text(json.dumps(TINY_CLIP))
+    return path
+
+
+@pytest.fixture(scope="session")
+def prepared_tiny(tmp_path_factory) -> tuple[dict, Path]:
+    """A tiny built-in prepared file, made once; tests that corrupt it work on copies."""
+    from cmhash import stages
+    from cmhash.layout import Layout
+
+    root = tmp_path_factory.mktemp("prepared")
+    params = tiny_params()
+    path = stages.prepare(params, Layout(root), progress=False)
+    return params, path
+
+
+@pytest.fixture
+def project(tmp_path, prepared_tiny) -> tuple[dict, "Layout"]:  # noqa: F821
+    """A fresh project folder holding a copy of the tiny prepared file."""
+    from cmhash.layout import Layout
+
+    params, source = prepared_tiny
+    layout = Layout(tmp_path)
+    target = layout.prepared(params["dataset"]["name"])
+    target.parent.mkdir(parents=True)
+    shutil.copy(source, target)
+    return copy.deepcopy(params), layout

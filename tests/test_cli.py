@@ -1,0 +1,37 @@
+import subprocess
+import sys
+import time
+
+from cmhash.cli import main
+
+
+def test_help_is_fast_and_lists_every_stage():
+    started = time.perf_counter()
+    result = subprocess.run([sys.executable, "-m", "cmhash.cli", "--help"], capture_output=True, text=True)
+    assert result.returncode == 0
+    for stage in ("prepare", "validate", "encode", "train", "evaluate"):
+        assert stage in result.stdout
+    # --help must not import torch, open_clip, great_expectations or prefect
+    probe = subprocess.run([sys.executable, "-c", "import sys, cmhash.cli; cmhash.cli.build_parser();"
+                            "print([m for m in ('torch','open_clip','great_expectations','prefect') if m in sys.modules])"],
+                           capture_output=True, text=True)
+    assert probe.stdout.strip() == "[]"
+    assert time.perf_counter() - started < 30
+
+
+def test_missing_params_file_is_a_clear_error(tmp_path, capsys):
+    assert main(["prepare", "--params", str(tmp_path / "nope.yaml"), "--root", str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert "nope.yaml" in err and "parameter file not found" in err
+
+
+def test_unknown_dataset_is_a_clear_error(tmp_path, capsys):
+    import yaml
+
+    from conftest import tiny_params
+
+    params = tiny_params()
+    params["dataset"]["name"] = "mirflickr99"
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    assert main(["prepare", "--params", str(tmp_path / "params.yaml"), "--root", str(tmp_path)]) == 1
+    assert "known datasets: builtin" in capsys.readouterr().err

@@ -1,0 +1,85 @@
+"""The whole pipeline on tiny data: through `dvc repro` in a scratch repository, and as a Prefect flow."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import REPO, tiny_params
+
+ENV = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", "DVC_NO_ANALYTICS": "1"}
+
+
+def _run(args, cwd):
+    result = subprocess.run(args, cwd=cwd, env=ENV, capture_output=True, text=True)
+    assert result.returncode == 0, f"{' '.join(args)} failed:\n{result.stdout}\n{result.stderr}"
+    return result.stdout
+
+
+@pytest.fixture
+def dvc_project(tmp_path, clip_config):
+    """A scratch git + DVC repository with the project's dvc.yaml and sources and tiny params."""
+    shutil.copy(REPO / "dvc.yaml", tmp_path)
+    shutil.copytree(REPO / "src", tmp_path / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(tiny_params(clip_config)))
+    _run(["git", "init", "-q"], tmp_path)
+    _run(["git", "config", "user.email", "test@example.com"], tmp_path)
+    _run(["git", "config", "user.name", "test"], tmp_path)
+    _run(["dvc", "init", "-q"], tmp_path)
+    _run(["dvc", "config", "core.analytics", "false"], tmp_path)
+    return tmp_path
+
+
+def test_dvc_repro_end_to_end(dvc_project):
+    _run(["dvc", "repro"], dvc_project)
+    shown = json.loads(_run(["dvc", "metrics", "show", "--json"], dvc_project))
+    metrics = next(iter(shown.values()))["data"]
+    for method in ("djsrh", "lsh", "itq"):
+        for bits in (16, 32):
+            values = metrics[f"metrics/{method}-{bits}.json"]["data"]
+            for direction in ("i2t", "t2i"):
+                assert 0 <= values[direction]["map_all"] <= 1 and 0 <= values[direction]["map_50"] <= 1
+    second = _run(["dvc", "repro"], dvc_project)
+    assert "Running stage" not in second  # nothing reruns
+    assert json.loads(_run(["dvc", "status", "--json"], dvc_project)) == {}
+
+    params = yaml.safe_load((dvc_project / "params.yaml").read_text())
+    params["methods"]["djsrh"]["epochs"] = 3
+    (dvc_project / "params.yaml").write_text(yaml.safe_dump(params))
+    stale = set(json.loads(_run(["dvc", "status", "--json"], dvc_project)))
+    assert stale == {"train@djsrh-16", "train@djsrh-32"}  # evaluate follows through the codes it reads
+
+
+def test_validate_failure_stops_dvc_before_encode(dvc_project):
+    import h5py
+
+    _run(["dvc", "repro", "validate"], dvc_project)
+    with h5py.File(dvc_project / "data/prepared/builtin.h5", "r+") as f:
+        f["labels"][0] = 0
+    _run(["dvc", "commit", "-f", "prepare"], dvc_project)  # as if the converter had produced this file
+    result = subprocess.run(["dvc", "repro"], cwd=dvc_project, env=ENV, capture_output=True, text=True)
+    assert result.returncode != 0
+    assert "every item has at least one label" in result.stdout + result.stderr
+    assert not (dvc_project / "data/features").exists()
+
+
+def test_prefect_flow_runs_the_pipeline(tmp_path):
+    from prefect.testing.utilities import prefect_test_harness
+
+    sys.path.insert(0, str(REPO / "flows"))
+    try:
+        from pipeline import pipeline
+    finally:
+        sys.path.pop(0)
+    params = tiny_params()
+    params["train"]["methods"] = ["lsh", "djsrh"]
+    params["train"]["bits"] = [16]
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    with prefect_test_harness(server_startup_timeout=90):
+        results = pipeline(str(tmp_path / "params.yaml"), str(tmp_path))
+    assert set(results) == {"lsh-16", "djsrh-16"}
+    assert (tmp_path / "metrics" / "djsrh-16.json").is_file()
