@@ -1,12 +1,10 @@
 import subprocess
 import sys
-import time
 
 from cmhash.cli import main
 
 
-def test_help_is_fast_and_lists_every_stage():
-    started = time.perf_counter()
+def test_help_lists_every_stage_without_heavy_imports():
     result = subprocess.run([sys.executable, "-m", "cmhash.cli", "--help"], capture_output=True, text=True)
     assert result.returncode == 0
     for stage in ("prepare", "validate", "encode", "train", "evaluate"):
@@ -16,7 +14,6 @@ def test_help_is_fast_and_lists_every_stage():
                             "print([m for m in ('torch','open_clip','great_expectations','prefect') if m in sys.modules])"],
                            capture_output=True, text=True)
     assert probe.stdout.strip() == "[]"
-    assert time.perf_counter() - started < 30
 
 
 def test_missing_params_file_is_a_clear_error(tmp_path, capsys):
