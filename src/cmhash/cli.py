@@ -33,7 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
         stage.add_argument("--params", default="params.yaml", type=Path, help="parameter file (default: params.yaml)")
         stage.add_argument("--root", default=Path("."), type=Path, help="project folder that holds data/, metrics/ and plots/ (default: .)")
         if name in ("prepare", "encode", "train"):
-            stage.add_argument("--quiet", action="store_true", help="no progress bars")
+            stage.add_argument("--quiet", action="store_true", help="no progress bars (they show only on a terminal anyway)")
         if name in ("train", "evaluate"):
             stage.add_argument("--method", required=True, help="hashing method, e.g. djsrh, lsh, itq")
             stage.add_argument("--bits", required=True, type=int, help="code length in bits, e.g. 64")
@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         params = load_params(args.params)
         layout = Layout(args.root)
-        progress = not getattr(args, "quiet", False)
+        progress = sys.stderr.isatty() and not getattr(args, "quiet", False)  # no bar noise in logs
         if args.stage == "prepare":
             print(f"prepared {stages.prepare(params, layout, progress)}")
         elif args.stage == "validate":
