@@ -19,18 +19,25 @@ from cmhash.errors import CmhashError
 Builder = Callable[[dict[str, Any], Path, bool], None]
 
 
+def builtin_expected_sizes(dataset: dict[str, Any]) -> dict[str, int]:
+    """Item and split counts of the built-in dataset (the defaults live here, once)."""
+    size = int((dataset.get("builtin") or {}).get("size", 6000))
+    split = dataset.get("split") or {}
+    query, train = int(split.get("query", 1000)), int(split.get("train", 3000))
+    return {"items": size, "query": query, "retrieval": size - query, "train": train}
+
+
 def prepare_builtin(dataset: dict[str, Any], out_path: Path, progress: bool = True) -> None:
     """Generate the built-in dataset (see :mod:`cmhash.datasets.builtin`) and write it."""
     from cmhash.datasets.builtin import generate_builtin
 
-    settings = dataset.get("builtin") or {}
-    size = int(settings.get("size", 6000))
-    image_size = int(settings.get("image_size", 96))
+    sizes = builtin_expected_sizes(dataset)
+    size = sizes["items"]
+    image_size = int((dataset.get("builtin") or {}).get("image_size", 96))
     if image_size < 64:
         raise CmhashError(f"params.yaml: dataset.builtin.image_size is {image_size}; it must be at least 64.")
     seed = int(dataset.get("seed", 0))
-    split = dataset.get("split") or {}
-    splits = random_split(size, int(split.get("query", 1000)), int(split.get("train", 3000)), seed)
+    splits = random_split(size, sizes["query"], sizes["train"], seed)
     data = generate_builtin(size, image_size, seed, progress=progress)
     write_prepared(
         out_path,
@@ -43,13 +50,6 @@ def prepare_builtin(dataset: dict[str, Any], out_path: Path, progress: bool = Tr
         source="builtin",
         params=dataset,
     )
-
-
-def builtin_expected_sizes(dataset: dict[str, Any]) -> dict[str, int]:
-    size = int((dataset.get("builtin") or {}).get("size", 6000))
-    split = dataset.get("split") or {}
-    query, train = int(split.get("query", 1000)), int(split.get("train", 3000))
-    return {"items": size, "query": query, "retrieval": size - query, "train": train}
 
 
 BUILDERS: dict[str, Builder] = {"builtin": prepare_builtin}
