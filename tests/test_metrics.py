@@ -1,74 +1,254 @@
-"""Metrics against a plain per-query reference (stable sort, loop over ranks) and hand-worked examples."""
+"""Every metric against a plain per-query reference written here, and against hand-worked examples.
+
+The references are deliberately naive: Python's sort (stable) for ties by index, enumeration of
+every order of the tied items for the "average" tie rule, and loops over ranks.
+"""
+
+import itertools
+import math
 
 import numpy as np
 import pytest
 
 from cmhash import metrics
+from cmhash.metrics import retrieval
 
 
-def _reference_ap(query, retrieval, q_labels, r_labels, k=None):
-    """DJSRH / DCMH style AP, one query at a time, written as plainly as possible."""
+# ----------------------------------------------------------------------------- references
+
+def _distances(code, retrieval):
+    return [(len(code) - int(np.dot(code, r))) // 2 for r in retrieval]
+
+
+def _is_relevant(labels, item_labels):
+    return bool(np.dot(labels, item_labels) > 0)
+
+
+def _orders(dist, ties):
+    """Rankings of the retrieval set: the stable one, or every order of the tied items."""
+    if ties == "index":
+        yield sorted(range(len(dist)), key=lambda j: dist[j])
+        return
+    buckets = [[j for j in range(len(dist)) if dist[j] == d] for d in sorted(set(dist))]
+    for parts in itertools.product(*(itertools.permutations(b) for b in buckets)):
+        yield [j for part in parts for j in part]
+
+
+def _ap_of_ranking(relevant, k=None, dcmht_k=None):
+    hits, precisions = 0, []
+    for rank, rel in enumerate(relevant, start=1):
+        if rel:
+            hits += 1
+            precisions.append(hits / rank)
+    if dcmht_k is not None:
+        total = min(dcmht_k, hits)
+        return sum(precisions[:total]) / total if total else 0.0
+    if k is not None:
+        kept = [p for p, rank in zip(precisions, [i + 1 for i, r in enumerate(relevant) if r]) if rank <= k]
+        return sum(kept) / len(kept) if kept else 0.0
+    return sum(precisions) / hits if hits else 0.0
+
+
+def _reference_map(query, retrieval_codes, q_labels, r_labels, k=None, ties="index", no_relevant="zero", dcmht_k=None):
     aps = []
     for code, labels in zip(query, q_labels):
-        dist = [(len(code) - int(code @ r)) // 2 for r in retrieval]
-        order = sorted(range(len(retrieval)), key=lambda j: dist[j])  # Python's sort is stable
-        order = order if k is None else order[:k]
-        hits, precisions = 0, []
-        for rank, j in enumerate(order, start=1):
-            if labels @ r_labels[j] > 0:
-                hits += 1
-                precisions.append(hits / rank)
-        aps.append(sum(precisions) / hits if hits else 0.0)
+        dist = _distances(code, retrieval_codes)
+        relevant = [_is_relevant(labels, item) for item in r_labels]
+        if no_relevant == "skip" and not any(relevant):
+            continue
+        values = [_ap_of_ranking([relevant[j] for j in order], k, dcmht_k) for order in _orders(dist, ties)]
+        aps.append(sum(values) / len(values))
     return float(np.mean(aps))
 
 
-def _random_problem(seed, n_query=15, n_retrieval=60, bits=8, n_labels=5):
+def _reference_precision_at(query, retrieval_codes, q_labels, r_labels, r_values, ties="index"):
+    out = []
+    for R in r_values:
+        per_query = []
+        for code, labels in zip(query, q_labels):
+            dist = _distances(code, retrieval_codes)
+            values = [sum(_is_relevant(labels, r_labels[j]) for j in order[:R]) / min(R, len(order))
+                      for order in _orders(dist, ties)]
+            per_query.append(sum(values) / len(values))
+        out.append(np.mean(per_query))
+    return out
+
+
+def _random_problem(seed, n_query=12, n_retrieval=60, bits=8, n_labels=5):
     rng = np.random.default_rng(seed)
     codes = lambda n: np.where(rng.random((n, bits)) < 0.5, -1, 1).astype(np.int8)  # noqa: E731
     labels = lambda n: (rng.random((n, n_labels)) < 0.25).astype(np.uint8)  # noqa: E731
     return codes(n_query), codes(n_retrieval), labels(n_query), labels(n_retrieval)
 
 
-@pytest.mark.parametrize("seed", range(5))
+def _tiny_problem(seed):
+    """Few items and few distances, so every order of the tied items can be enumerated."""
+    return _random_problem(seed, n_query=6, n_retrieval=7, bits=3, n_labels=3)
+
+
+# ----------------------------------------------------------------------------- exactness
+
+@pytest.mark.parametrize("seed", range(4))
 @pytest.mark.parametrize("k", [None, 1, 10, 50])
-def test_map_matches_reference_with_heavy_ties(seed, k):
+@pytest.mark.parametrize("no_relevant", ["zero", "skip"])
+def test_map_index_ties_matches_reference(seed, k, no_relevant):
     problem = _random_problem(seed)
-    assert metrics.mean_average_precision(*problem, k=k, chunk=4) == pytest.approx(_reference_ap(*problem, k=k), abs=1e-9)
+    expected = _reference_map(*problem, k=k, no_relevant=no_relevant)
+    assert metrics.mean_average_precision(*problem, k=k, no_relevant=no_relevant) == pytest.approx(expected, abs=1e-9)
 
 
-def test_hand_worked_example():
-    # retrieval distances from the query: item0 -> 1, item1 -> 0, item2 -> 1, item3 -> 2
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("k", [1, 3, 10, 50])
+def test_dcmht_map_matches_reference(seed, k):
+    problem = _random_problem(seed)
+    assert metrics.dcmht_mean_average_precision(*problem, k=k) == pytest.approx(_reference_map(*problem, dcmht_k=k), abs=1e-9)
+
+
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("k", [None, 1, 2, 3, 5])
+def test_map_average_ties_matches_enumeration_of_all_orders(seed, k):
+    problem = _tiny_problem(seed)
+    expected = _reference_map(*problem, k=k, ties="average")
+    assert metrics.mean_average_precision(*problem, k=k, ties="average") == pytest.approx(expected, abs=1e-9)
+
+
+@pytest.mark.parametrize("seed", range(3))
+@pytest.mark.parametrize("ties", ["index", "average"])
+def test_precision_at_top_r_matches_reference(seed, ties):
+    problem = _tiny_problem(seed) if ties == "average" else _random_problem(seed)
+    r_values = [1, 2, 4, 7, 60]
+    expected = _reference_precision_at(*problem, r_values, ties)
+    assert metrics.precision_at_top_r(*problem, r_values, ties=ties) == pytest.approx(expected, abs=1e-9)
+
+
+def test_precision_recall_by_radius_matches_reference():
+    q, r, ql, rl = _random_problem(5)
+    precision, recall = metrics.precision_recall_by_radius(q, r, ql, rl)
+    for radius in range(q.shape[1] + 1):
+        p_values, r_values = [], []
+        for code, labels in zip(q, ql):
+            within = [j for j, d in enumerate(_distances(code, r)) if d <= radius]
+            relevant = [_is_relevant(labels, item) for item in rl]
+            hits = sum(relevant[j] for j in within)
+            if within:
+                p_values.append(hits / len(within))
+            if any(relevant):
+                r_values.append(hits / sum(relevant))
+        assert precision[radius] == pytest.approx(np.mean(p_values) if p_values else 0.0, abs=1e-12)
+        assert recall[radius] == pytest.approx(np.mean(r_values), abs=1e-12)
+
+
+def test_larger_problem_with_long_codes_matches_reference():
+    # 100 bits span two 64-bit words; 3000 items exceed one query chunk's worth of structure
+    problem = _random_problem(9, n_query=5, n_retrieval=3000, bits=100, n_labels=24)
+    for k in (None, 50, 1000):
+        assert metrics.mean_average_precision(*problem, k=k) == pytest.approx(_reference_map(*problem, k=k), abs=1e-9)
+
+
+def test_average_ties_at_scale_agree_with_sampled_orders():
+    # no enumeration possible here: the exact expectation must sit inside the spread of random orders
+    q, r, ql, rl = _random_problem(3, n_query=4, n_retrieval=400, bits=6)
+    exact = metrics.mean_average_precision(q, r, ql, rl, k=50, ties="average")
+    rng = np.random.default_rng(0)
+    samples = []
+    for _ in range(300):
+        perm = rng.permutation(len(r))
+        samples.append(metrics.mean_average_precision(q, r[perm], ql, rl[perm], k=50))
+    assert abs(exact - np.mean(samples)) < 4 * np.std(samples) / math.sqrt(len(samples))
+
+
+# ----------------------------------------------------------------------------- hand-worked examples
+
+def _hand_problem():
+    # distances from the query: item0 -> 1, item1 -> 0, item2 -> 1, item3 -> 2
     query = np.array([[1, 1]])
-    retrieval = np.array([[1, -1], [1, 1], [-1, 1], [-1, -1]])
+    retrieval_codes = np.array([[1, -1], [1, 1], [-1, 1], [-1, -1]])
     q_labels = np.array([[1, 0]])
     r_labels = np.array([[1, 0], [0, 1], [1, 1], [0, 1]])
+    return query, retrieval_codes, q_labels, r_labels
+
+
+def test_hand_worked_index_ties():
+    problem = _hand_problem()
     # ranking (ties by index): item1 (irrelevant), item0 (rel), item2 (rel), item3 (irrelevant)
-    # AP@all = (1/2 + 2/3) / 2 ; AP@2 = (1/2) / 1
-    assert metrics.mean_average_precision(query, retrieval, q_labels, r_labels) == pytest.approx((0.5 + 2 / 3) / 2)
-    assert metrics.mean_average_precision(query, retrieval, q_labels, r_labels, k=2) == pytest.approx(0.5)
-    assert metrics.precision_at_top_r(query, retrieval, q_labels, r_labels, [1, 2, 3, 4]).tolist() == pytest.approx([0, 0.5, 2 / 3, 0.5])
-    precision, recall = metrics.precision_recall_by_radius(query, retrieval, q_labels, r_labels)
-    assert precision.tolist() == pytest.approx([0.0, 2 / 3, 0.5])
+    assert metrics.mean_average_precision(*problem) == pytest.approx((1 / 2 + 2 / 3) / 2)
+    assert metrics.mean_average_precision(*problem, k=2) == pytest.approx(1 / 2)  # divides by R_2 = 1
+    assert metrics.dcmht_mean_average_precision(*problem, k=1) == pytest.approx(1 / 2)  # first min(1, 2) relevant
+    assert metrics.precision_at_top_r(*problem, [1, 2, 3, 4]).tolist() == pytest.approx([0, 1 / 2, 2 / 3, 1 / 2])
+    precision, recall = metrics.precision_recall_by_radius(*problem)
+    assert precision.tolist() == pytest.approx([0.0, 2 / 3, 1 / 2])
     assert recall.tolist() == pytest.approx([0.0, 1.0, 1.0])
 
 
-def test_query_without_relevant_items_counts_as_zero():
+def test_hand_worked_average_ties():
+    # one relevant and one irrelevant item tied at distance 0: relevant first (AP 1) or second (AP 1/2)
+    query = np.array([[1, 1]])
+    retrieval_codes = np.array([[1, 1], [1, 1]])
+    q_labels, r_labels = np.array([[1, 0]]), np.array([[0, 1], [1, 0]])
+    assert metrics.mean_average_precision(query, retrieval_codes, q_labels, r_labels) == pytest.approx(1 / 2)
+    assert metrics.mean_average_precision(query, retrieval_codes, q_labels, r_labels, ties="average") == pytest.approx(3 / 4)
+    # at k = 1 the relevant item is in the top 1 half the time (AP 1), otherwise AP@1 = 0
+    assert metrics.mean_average_precision(query, retrieval_codes, q_labels, r_labels, k=1, ties="average") == pytest.approx(1 / 2)
+    assert metrics.precision_at_top_r(query, retrieval_codes, q_labels, r_labels, [1], ties="average").tolist() == [0.5]
+
+
+def test_query_without_relevant_items_zero_or_skipped():
     query = np.array([[1, 1], [1, -1]])
-    retrieval = np.array([[1, 1], [-1, -1]])
+    retrieval_codes = np.array([[1, 1], [-1, -1]])
     q_labels = np.array([[1, 0], [0, 1]])
     r_labels = np.array([[1, 0], [1, 0]])
-    assert metrics.mean_average_precision(query, retrieval, q_labels, r_labels) == pytest.approx(0.5)
+    assert metrics.mean_average_precision(query, retrieval_codes, q_labels, r_labels) == pytest.approx(0.5)
+    assert metrics.mean_average_precision(query, retrieval_codes, q_labels, r_labels, no_relevant="skip") == pytest.approx(1.0)
 
 
-def test_precision_at_top_r_matches_reference():
-    q, r, ql, rl = _random_problem(11)
-    dist = metrics.hamming_distances(q, r)
-    rel = metrics.relevance(ql, rl)
-    expected = [np.mean([rel[i, np.argsort(dist[i], kind="stable")[:R]].mean() for i in range(len(q))]) for R in (1, 7, 60)]
-    assert metrics.precision_at_top_r(q, r, ql, rl, [1, 7, 60], chunk=3) == pytest.approx(expected, abs=1e-12)
+# ----------------------------------------------------------------------------- inputs
+
+def test_packed_bits_and_class_ids_give_the_same_numbers():
+    q, r, ql, rl = _random_problem(2, bits=12)
+    expected = metrics.mean_average_precision(q, r, ql, rl, k=10)
+    packed = metrics.mean_average_precision(np.packbits(q > 0, axis=1), np.packbits(r > 0, axis=1), ql, rl, k=10)
+    assert packed == expected
+    classes_q, classes_r = np.arange(len(q)) % 3, np.arange(len(r)) % 4
+    one_hot = lambda c: np.eye(4, dtype=int)[c]  # noqa: E731
+    assert metrics.mean_average_precision(q, r, classes_q, classes_r) == metrics.mean_average_precision(q, r, one_hot(classes_q), one_hot(classes_r))
 
 
-def test_shape_mismatch_is_an_error():
-    q, r, ql, rl = _random_problem(0)
-    with pytest.raises(ValueError):
-        metrics.mean_average_precision(q[:, :4], r, ql, rl)
+def test_results_do_not_depend_on_chunks_or_threads(monkeypatch):
+    problem = _random_problem(4, n_query=40)
+    expected = metrics.evaluate_retrieval(*problem).scores
+    monkeypatch.setattr(retrieval, "QUERY_CHUNK", 7)
+    assert metrics.evaluate_retrieval(*problem).scores == expected
+    import numba
+    threads = numba.get_num_threads()
+    try:
+        numba.set_num_threads(1)
+        assert metrics.evaluate_retrieval(*problem).scores == expected
+    finally:
+        numba.set_num_threads(threads)
+
+
+def test_evaluate_retrieval_reports_every_protocol():
+    problem = _random_problem(6)
+    report = metrics.evaluate_retrieval(*problem, map_ks=(5, 50), top_r=(1, 10))
+    scores = report.scores
+    assert scores["map_all"] == round(metrics.mean_average_precision(*problem), 6)
+    assert scores["map_5"] == round(metrics.mean_average_precision(*problem, k=5), 6)
+    assert scores["ties_average"]["map_50"] == round(metrics.mean_average_precision(*problem, k=50, ties="average"), 6)
+    assert scores["dcmht_refactor"]["map_5"] == round(metrics.dcmht_mean_average_precision(*problem, k=5), 6)
+    assert scores["skip_no_relevant"]["map_all"] == round(metrics.mean_average_precision(*problem, no_relevant="skip"), 6)
+    assert report.precision_at_r.tolist() == pytest.approx(metrics.precision_at_top_r(*problem, [1, 10]).tolist())
+    assert len(report.pr_precision) == problem[0].shape[1] + 1
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda q, r, ql, rl: metrics.mean_average_precision(q[:, :4], r, ql, rl), "bits"),
+    (lambda q, r, ql, rl: metrics.mean_average_precision(q, r, ql[:3], rl), "number of items"),
+    (lambda q, r, ql, rl: metrics.mean_average_precision(q * 0, r, ql, rl), "-1/\\+1"),
+    (lambda q, r, ql, rl: metrics.mean_average_precision(q, r, ql, rl, ties="random"), "ties"),
+    (lambda q, r, ql, rl: metrics.mean_average_precision(q, r, ql, rl, no_relevant="drop"), "no_relevant"),
+    (lambda q, r, ql, rl: metrics.mean_average_precision(q, r, ql, rl, k=0), "positive"),
+    (lambda q, r, ql, rl: metrics.precision_at_top_r(q, r, ql, rl, [10, 5]), "increasing"),
+])
+def test_bad_input_is_a_clear_error(call, message):
+    with pytest.raises(ValueError, match=message):
+        call(*_random_problem(0))

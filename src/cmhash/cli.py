@@ -32,7 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
         stage = sub.add_parser(name, help=help_text, description=help_text)
         stage.add_argument("--params", default="params.yaml", type=Path, help="parameter file (default: params.yaml)")
         stage.add_argument("--root", default=Path("."), type=Path, help="project folder that holds data/, metrics/ and plots/ (default: .)")
-        if name in ("prepare", "encode", "train"):
+        if name in ("prepare", "encode", "train", "evaluate"):
             stage.add_argument("--quiet", action="store_true", help="no progress bars (they show only on a terminal anyway)")
         if name in ("train", "evaluate"):
             stage.add_argument("--method", required=True, help="hashing method, e.g. djsrh, lsh, itq")
@@ -61,8 +61,9 @@ def main(argv: list[str] | None = None) -> int:
         elif args.stage == "train":
             print(f"trained {stages.train(params, layout, args.method, args.bits, progress)}")
         elif args.stage == "evaluate":
-            results = stages.evaluate(params, layout, args.method, args.bits)
-            summary = "  ".join(f"{d} " + " ".join(f"{k}={v:.4f}" for k, v in m.items()) for d, m in results.items())
+            results = stages.evaluate(params, layout, args.method, args.bits, progress)
+            summary = "  ".join(f"{d} " + " ".join(f"{k}={v:.4f}" for k, v in m.items() if k.startswith("map_"))
+                                for d, m in results.items())
             print(f"{args.method} {args.bits} bits: {summary}")
     except CmhashError as err:
         print(f"cmhash {args.stage}: error: {err}", file=sys.stderr)

@@ -74,14 +74,14 @@ def train(params: dict[str, Any], layout: Layout, method: str, bits: int, progre
     return out_dir
 
 
-def evaluate(params: dict[str, Any], layout: Layout, method: str, bits: int) -> dict[str, Any]:
+def evaluate(params: dict[str, Any], layout: Layout, method: str, bits: int, progress: bool = True) -> dict[str, Any]:
     """I->T and T->I retrieval metrics and curves for one trained method and code length."""
-    from cmhash import metrics
     from cmhash.codes import read_codes
     from cmhash.datasets.prepared import PreparedData
+    from cmhash.metrics import evaluate_retrieval
 
     settings = params["evaluate"]
-    map_k = int(settings.get("map_k", 50))
+    map_ks = [int(k) for k in settings.get("map_ks", [50, 1000])]
     top_r = [int(r) for r in settings.get("top_r", [1, 10, 50, 100, 500, 1000])]
     codes = read_codes(layout.model_dir(method, bits) / "codes.h5")
     with PreparedData(layout.prepared(params["dataset"]["name"])) as data:
@@ -94,16 +94,13 @@ def evaluate(params: dict[str, Any], layout: Layout, method: str, bits: int) -> 
     results: dict[str, Any] = {}
     plots = layout.plots_dir(method, bits)
     for direction, (query, retrieval) in directions.items():
-        args = (query, retrieval, query_labels, retrieval_labels)
-        results[direction] = {
-            "map_all": round(metrics.mean_average_precision(*args), 6),
-            f"map_{map_k}": round(metrics.mean_average_precision(*args, k=map_k), 6),
-        }
-        precision = metrics.precision_at_top_r(*args, top_r)
+        report = evaluate_retrieval(query, retrieval, query_labels, retrieval_labels, map_ks, top_r, progress=progress)
+        results[direction] = report.scores
         write_text(plots / f"{direction}_precision_at_top_r.csv",
-                   "R,precision\n" + "".join(f"{r},{p:.6f}\n" for r, p in zip(top_r, precision)))
-        pr_precision, pr_recall = metrics.precision_recall_by_radius(*args)
+                   "R,precision,precision_average_ties\n" + "".join(
+                       f"{r},{p:.6f},{a:.6f}\n" for r, p, a in zip(report.top_r, report.precision_at_r, report.precision_at_r_average_ties)))
         write_text(plots / f"{direction}_precision_recall.csv",
-                   "radius,recall,precision\n" + "".join(f"{i},{r:.6f},{p:.6f}\n" for i, (p, r) in enumerate(zip(pr_precision, pr_recall))))
+                   "radius,recall,precision\n" + "".join(
+                       f"{i},{r:.6f},{p:.6f}\n" for i, (p, r) in enumerate(zip(report.pr_precision, report.pr_recall))))
     write_json(layout.metrics(method, bits), results)
     return results

@@ -1,0 +1,219 @@
+"""The ranking kernel: one linear scan per query, no sort.
+
+A K-bit code has only K + 1 possible Hamming distances, so the ranking of the retrieval set is fully
+described by per-distance counts plus, for ties broken by retrieval index, each item's position
+inside its distance bucket. For each query the kernel makes
+
+1. a counting pass over the retrieval set: the distance and relevance of every item, the number of
+   items and of relevant items at each distance, and, for each relevant item, its running position
+   inside its bucket (the count of items at the same distance with a lower or equal index);
+2. a pass over the relevant items only: with the bucket offsets from pass 1, a relevant item's rank
+   under "ties by retrieval index" is ``items_before(d) + position`` and the number of relevant items
+   ranked at or above it is ``relevant_before(d) + its ordinal in the bucket``. From these the AP sums
+   of every protocol follow, each a sum over relevant items.
+
+This is a counting sort whose output is consumed on the fly: O(n) per query with O(K) state, the
+retrieval set read once per query, memory bounded by one n-sized buffer per thread. Pass 2 is
+skipped when only per-distance counts are needed (tie rule "average", precision-recall by radius).
+Queries run in parallel over the CPU's cores (numba ``prange``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from numba import njit, prange, types
+from numba.core.extending import intrinsic
+
+
+@intrinsic
+def _popcount(typingctx, word):
+    """The CPU's population count of a uint64 (LLVM ``ctpop``)."""
+    signature = types.uint64(types.uint64)
+
+    def codegen(context, builder, sig, args):
+        return builder.ctpop(args[0])
+
+    return signature, codegen
+
+
+@dataclass(frozen=True)
+class RankStatistics:
+    """Per-query sufficient statistics of a ranking (q queries, K bits, len(ks) depths).
+
+    ``items_at``/``relevant_at`` (q, K + 1): items and relevant items at each Hamming distance.
+    The rest holds for ties broken by retrieval index and is None when the scan skipped pass 2:
+    ``precision_sum`` (q, len(ks)): sum of precision at the rank of each relevant item ranked <= k;
+    ``relevant_in_top`` (q, len(ks)): relevant items ranked <= k;
+    ``first_relevant_sum`` (q, len(ks)): sum of precision at the rank of the first min(k, R)
+    relevant items, wherever they are ranked (DCMHT-refactor protocol);
+    ``hits_at`` (q, len(r_values)): relevant items among the top R.
+    """
+
+    items_at: np.ndarray
+    relevant_at: np.ndarray
+    precision_sum: np.ndarray | None = None
+    relevant_in_top: np.ndarray | None = None
+    first_relevant_sum: np.ndarray | None = None
+    hits_at: np.ndarray | None = None
+
+
+@njit(inline="always")
+def _tally(distance, is_relevant, items, relevant, packed, n_relevant):
+    """Count one retrieval item into its bucket; returns the new number of packed relevant items."""
+    position = items[distance] + 1
+    items[distance] = position
+    relevant[distance] += is_relevant
+    # written for every item, kept only for relevant ones: branch-free compaction
+    packed[n_relevant] = (position << 8) | np.int32(distance)
+    return n_relevant + is_relevant
+
+
+@njit(inline="always")
+def _distance(query_code, retrieval_code):
+    distance = np.uint64(0)
+    for w in range(query_code.shape[0]):
+        distance += _popcount(query_code[w] ^ retrieval_code[w])
+    return distance
+
+
+@njit(inline="always")
+def _shares_label(query_label, retrieval_label):
+    shared = np.uint64(0)
+    for w in range(query_label.shape[0]):
+        shared |= query_label[w] & retrieval_label[w]
+    return np.int32(shared != 0)
+
+
+@njit(cache=True)
+def _count_pass(query_code, retrieval_codes, query_label, retrieval_labels, items_at, relevant_at, packed):
+    """Pass 1 for one query. Fills the bucket counts; packs (position << 8 | distance) of each
+    relevant item, in retrieval order, into ``packed``; returns how many were packed."""
+    items = np.zeros(items_at.shape[0], np.int32)  # local int32 counters: the hot loop's only state
+    relevant = np.zeros(items_at.shape[0], np.int32)
+    n_relevant = 0
+    if retrieval_codes.shape[1] == 1 and retrieval_labels.shape[1] == 1:
+        # <= 64 bits and <= 64 labels, the common case: no inner word loops (about 1.6x faster)
+        code, label = query_code[0], query_label[0]
+        for j in range(retrieval_codes.shape[0]):
+            n_relevant = _tally(_popcount(code ^ retrieval_codes[j, 0]), np.int32((label & retrieval_labels[j, 0]) != 0),
+                                items, relevant, packed, n_relevant)
+    else:
+        for j in range(retrieval_codes.shape[0]):
+            n_relevant = _tally(_distance(query_code, retrieval_codes[j]), _shares_label(query_label, retrieval_labels[j]),
+                                items, relevant, packed, n_relevant)
+    items_at[:] = items
+    relevant_at[:] = relevant
+    return n_relevant
+
+
+@njit(cache=True)
+def _relevant_pass(packed, n_relevant, items_at, relevant_at, ks, r_values, inverse, rank_hits,
+                   precision_sum, relevant_in_top, first_relevant_sum, hits_at):
+    """Pass 2 for one query: AP sums for every depth in ``ks`` and hits for every R in ``r_values``."""
+    n_buckets = items_at.shape[0]
+    items_before = np.empty(n_buckets, np.int64)
+    hits_so_far = np.empty(n_buckets, np.int64)
+    items, relevant = 0, 0
+    for d in range(n_buckets):
+        items_before[d] = items
+        hits_so_far[d] = relevant
+        items += items_at[d]
+        relevant += relevant_at[d]
+    # A depth k at or beyond the list's end (or, for the DCMHT protocol, beyond R) takes every
+    # relevant item: it is filled from the whole-list sum. Only the shallower ones need a test per
+    # item, and most items rank below all of them, so one comparison usually settles an item.
+    deepest_rank, deepest_hits = 0, 0
+    for k in ks:
+        if k < items:
+            deepest_rank = max(deepest_rank, k)
+        if k < relevant:
+            deepest_hits = max(deepest_hits, k)
+    max_r = rank_hits.shape[0] - 1
+    rank_hits[:] = 0
+    precision_sum[:] = 0.0
+    relevant_in_top[:] = 0
+    first_relevant_sum[:] = 0.0
+    whole_list_sum = 0.0
+    for t in range(n_relevant):
+        distance = packed[t] & 0xFF
+        rank = items_before[distance] + (packed[t] >> 8)
+        hits_so_far[distance] += 1
+        hits = hits_so_far[distance]
+        precision = hits * inverse[rank]
+        whole_list_sum += precision
+        if rank <= max_r:
+            rank_hits[rank] += 1
+        if rank <= deepest_rank or hits <= deepest_hits:
+            for i in range(ks.shape[0]):
+                if ks[i] < items and rank <= ks[i]:
+                    precision_sum[i] += precision
+                    relevant_in_top[i] += 1
+                if ks[i] < relevant and hits <= ks[i]:
+                    first_relevant_sum[i] += precision
+    for i in range(ks.shape[0]):
+        if ks[i] >= items:
+            precision_sum[i] = whole_list_sum
+            relevant_in_top[i] = relevant
+        if ks[i] >= relevant:
+            first_relevant_sum[i] = whole_list_sum
+    cumulative = 0
+    next_r = 0
+    for rank in range(max_r + 1):
+        cumulative += rank_hits[rank]
+        while next_r < r_values.shape[0] and r_values[next_r] == rank:
+            hits_at[next_r] = cumulative
+            next_r += 1
+
+
+@njit(parallel=True, cache=True)
+def _scan(query_codes, retrieval_codes, query_labels, retrieval_labels, bits, ks, r_values, by_index, n_threads):
+    n_queries, n = query_codes.shape[0], retrieval_codes.shape[0]
+    items_at = np.zeros((n_queries, bits + 1), np.int64)
+    relevant_at = np.zeros((n_queries, bits + 1), np.int64)
+    precision_sum = np.zeros((n_queries, ks.shape[0]))
+    relevant_in_top = np.zeros((n_queries, ks.shape[0]), np.int64)
+    first_relevant_sum = np.zeros((n_queries, ks.shape[0]))
+    hits_at = np.zeros((n_queries, r_values.shape[0]), np.int64)
+    inverse = np.empty(n + 1)  # 1/rank by table lookup: a multiply instead of a divide per item
+    inverse[0] = 0.0
+    for rank in range(1, n + 1):
+        inverse[rank] = 1.0 / rank
+    max_r = r_values[-1] if r_values.shape[0] else 0
+    per_thread = (n_queries + n_threads - 1) // n_threads
+    for thread in prange(n_threads):
+        packed = np.empty(n, np.int32)  # one buffer per thread, reused for all its queries
+        rank_hits = np.empty(max_r + 1, np.int64)
+        for q in range(thread * per_thread, min(n_queries, (thread + 1) * per_thread)):
+            n_relevant = _count_pass(query_codes[q], retrieval_codes, query_labels[q], retrieval_labels,
+                                     items_at[q], relevant_at[q], packed)
+            if by_index:
+                _relevant_pass(packed, n_relevant, items_at[q], relevant_at[q], ks, r_values, inverse, rank_hits,
+                               precision_sum[q], relevant_in_top[q], first_relevant_sum[q], hits_at[q])
+    return items_at, relevant_at, precision_sum, relevant_in_top, first_relevant_sum, hits_at
+
+
+def scan_rankings(query_words: np.ndarray, retrieval_words: np.ndarray, query_label_words: np.ndarray,
+                  retrieval_label_words: np.ndarray, bits: int, ks=(), r_values=(), by_index: bool = True,
+                  n_threads: int | None = None) -> RankStatistics:
+    """Rank statistics of every query against the retrieval set (packed words, see ``packing``).
+
+    ``ks``: ranking depths (values >= n mean the whole list); ``r_values``: the R of precision@R.
+    Both must be sorted ascending. ``by_index=False`` computes only the per-distance counts.
+    """
+    import numba
+
+    n = len(retrieval_words)
+    ks = np.minimum(np.asarray(ks if len(ks) else [n], dtype=np.int64), n)
+    r_values = np.minimum(np.asarray(r_values, dtype=np.int64), n)
+    if (np.diff(ks) < 0).any() or (np.diff(r_values) < 0).any():
+        raise ValueError("ks and r_values must be sorted ascending")
+    threads = n_threads or numba.get_num_threads()
+    arrays = _scan(np.ascontiguousarray(query_words), np.ascontiguousarray(retrieval_words),
+                   np.ascontiguousarray(query_label_words), np.ascontiguousarray(retrieval_label_words),
+                   int(bits), ks, r_values, bool(by_index), max(1, min(threads, len(query_words))))
+    items_at, relevant_at = arrays[:2]
+    if not by_index:
+        return RankStatistics(items_at, relevant_at)
+    return RankStatistics(items_at, relevant_at, *arrays[2:])
