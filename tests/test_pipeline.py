@@ -42,7 +42,18 @@ def test_dvc_repro_end_to_end(dvc_project):
         for bits in (16, 32):
             values = metrics[f"metrics/{method}-{bits}.json"]["data"]
             for direction in ("i2t", "t2i"):
-                assert 0 <= values[direction]["map_all"] <= 1 and 0 <= values[direction]["map_50"] <= 1
+                scores = values[direction]
+                for key in ("map_all", "map_50", "map_1000"):
+                    assert 0 <= scores[key] <= 1 and 0 <= scores["ties_average"][key] <= 1
+                assert set(scores["dcmht_refactor"]) == {"map_50", "map_1000"}
+    fake_vega = dvc_project / "fake_vega"
+    fake_vega.mkdir()
+    for name in ("vega", "vega-lite", "vega-embed"):
+        (fake_vega / f"{name}.min.js").write_text(f"/* {name} stand-in */")
+    _run(["cmhash", "plots-page", "--scripts-dir", str(fake_vega), "--cache-dir", str(dvc_project / "cache")], dvc_project)
+    page = (dvc_project / "reports/plots/index.html").read_text()
+    assert "/* vega-embed stand-in */" in page and "cdn.jsdelivr" not in page
+    assert "plots/djsrh-16/i2t_precision_at_top_r.csv" in page
     second = _run(["dvc", "repro"], dvc_project)
     assert "Running stage" not in second  # nothing reruns
     assert json.loads(_run(["dvc", "status", "--json"], dvc_project)) == {}

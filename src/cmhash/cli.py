@@ -1,4 +1,5 @@
-"""The ``cmhash`` command line: one subcommand per pipeline stage (what dvc.yaml calls).
+"""The ``cmhash`` command line: one subcommand per pipeline stage (what dvc.yaml calls), plus
+``plots-page``, which renders the DVC plots as an HTML page that works offline.
 
 Heavy libraries are imported inside the stage functions, so ``cmhash --help`` stays fast.
 """
@@ -37,6 +38,14 @@ def build_parser() -> argparse.ArgumentParser:
         if name in ("train", "evaluate"):
             stage.add_argument("--method", required=True, help="hashing method, e.g. djsrh, lsh, itq")
             stage.add_argument("--bits", required=True, type=int, help="code length in bits, e.g. 64")
+    page_help = "render the DVC plots (dvc plots show) as an HTML page with vega inlined, so it opens with no network"
+    page = sub.add_parser("plots-page", help=page_help, description=page_help)
+    page.add_argument("--root", default=Path("."), type=Path, help="the DVC project (default: .)")
+    page.add_argument("--out", default=Path("reports/plots"), type=Path, help="output folder for index.html (default: reports/plots)")
+    page.add_argument("--cache-dir", default=None, type=Path,
+                      help="where the offline template is kept after its first build (default: ~/.cache/cmhash)")
+    page.add_argument("--scripts-dir", default=None, type=Path,
+                      help="take vega.min.js, vega-lite.min.js and vega-embed.min.js from this folder instead of npm")
     return parser
 
 
@@ -48,6 +57,12 @@ def main(argv: list[str] | None = None) -> int:
     from cmhash.params import load_params
 
     try:
+        if args.stage == "plots-page":
+            from cmhash.plots_page import default_cache_dir, render_plots_page
+
+            page = render_plots_page(args.root, args.root / args.out, args.cache_dir or default_cache_dir(), args.scripts_dir)
+            print(f"wrote {page}")
+            return 0
         params = load_params(args.params)
         layout = Layout(args.root)
         progress = sys.stderr.isatty() and not getattr(args, "quiet", False)  # no bar noise in logs

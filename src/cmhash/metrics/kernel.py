@@ -38,6 +38,11 @@ def _popcount(typingctx, word):
     return signature, codegen
 
 
+# A relevant item is packed as (position in bucket << 8 | distance) into an int32.
+MAX_BITS = 255
+MAX_RETRIEVAL = 2**23 - 1
+
+
 @dataclass(frozen=True)
 class RankStatistics:
     """Per-query sufficient statistics of a ranking (q queries, K bits, len(ks) depths).
@@ -109,7 +114,7 @@ def _count_pass(query_code, retrieval_codes, query_label, retrieval_labels, item
 
 
 @njit(cache=True)
-def _relevant_pass(packed, n_relevant, items_at, relevant_at, ks, r_values, inverse, rank_hits,
+def _relevant_pass(packed, n_relevant, items_at, relevant_at, ks, r_values, rank_hits,
                    precision_sum, relevant_in_top, first_relevant_sum, hits_at):
     """Pass 2 for one query: AP sums for every depth in ``ks`` and hits for every R in ``r_values``."""
     n_buckets = items_at.shape[0]
@@ -141,7 +146,7 @@ def _relevant_pass(packed, n_relevant, items_at, relevant_at, ks, r_values, inve
         rank = items_before[distance] + (packed[t] >> 8)
         hits_so_far[distance] += 1
         hits = hits_so_far[distance]
-        precision = hits * inverse[rank]
+        precision = hits / rank
         whole_list_sum += precision
         if rank <= max_r:
             rank_hits[rank] += 1
@@ -176,10 +181,6 @@ def _scan(query_codes, retrieval_codes, query_labels, retrieval_labels, bits, ks
     relevant_in_top = np.zeros((n_queries, ks.shape[0]), np.int64)
     first_relevant_sum = np.zeros((n_queries, ks.shape[0]))
     hits_at = np.zeros((n_queries, r_values.shape[0]), np.int64)
-    inverse = np.empty(n + 1)  # 1/rank by table lookup: a multiply instead of a divide per item
-    inverse[0] = 0.0
-    for rank in range(1, n + 1):
-        inverse[rank] = 1.0 / rank
     max_r = r_values[-1] if r_values.shape[0] else 0
     per_thread = (n_queries + n_threads - 1) // n_threads
     for thread in prange(n_threads):
@@ -189,7 +190,7 @@ def _scan(query_codes, retrieval_codes, query_labels, retrieval_labels, bits, ks
             n_relevant = _count_pass(query_codes[q], retrieval_codes, query_labels[q], retrieval_labels,
                                      items_at[q], relevant_at[q], packed)
             if by_index:
-                _relevant_pass(packed, n_relevant, items_at[q], relevant_at[q], ks, r_values, inverse, rank_hits,
+                _relevant_pass(packed, n_relevant, items_at[q], relevant_at[q], ks, r_values, rank_hits,
                                precision_sum[q], relevant_in_top[q], first_relevant_sum[q], hits_at[q])
     return items_at, relevant_at, precision_sum, relevant_in_top, first_relevant_sum, hits_at
 
@@ -205,6 +206,9 @@ def scan_rankings(query_words: np.ndarray, retrieval_words: np.ndarray, query_la
     import numba
 
     n = len(retrieval_words)
+    if bits > MAX_BITS or n > MAX_RETRIEVAL:
+        raise ValueError(f"the ranking kernel handles codes of up to {MAX_BITS} bits and retrieval sets of up to "
+                         f"{MAX_RETRIEVAL:,} items (got {bits} bits, {n:,} items); evaluate on a subset")
     ks = np.minimum(np.asarray(ks if len(ks) else [n], dtype=np.int64), n)
     r_values = np.minimum(np.asarray(r_values, dtype=np.int64), n)
     if (np.diff(ks) < 0).any() or (np.diff(r_values) < 0).any():
