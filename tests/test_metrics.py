@@ -252,3 +252,38 @@ def test_evaluate_retrieval_reports_every_protocol():
 def test_bad_input_is_a_clear_error(call, message):
     with pytest.raises(ValueError, match=message):
         call(*_random_problem(0))
+
+
+# ----------------------------------------------------------------------------- the torch (GPU) path
+
+def _torch_statistics(problem, device, ks, r_values, by_index=True):
+    from cmhash.metrics.torch_kernel import scan_rankings_torch
+
+    return scan_rankings_torch(problem.query.words, problem.retrieval.words, problem.query_labels,
+                               problem.retrieval_labels, problem.query.bits, ks, r_values, by_index, device)
+
+
+@pytest.mark.parametrize("bits", [8, 100])
+def test_torch_path_gives_the_kernel_statistics(bits, monkeypatch):
+    from cmhash.metrics import torch_kernel
+
+    problem = retrieval.RetrievalProblem.build(*_random_problem(7, n_query=30, n_retrieval=200, bits=bits))
+    ks, r_values = [1, 10, 200], [1, 5, 50]
+    expected = problem.statistics(ks=ks, r_values=r_values)
+    monkeypatch.setattr(torch_kernel, "ELEMENTS_PER_CHUNK", 1000)  # several query chunks
+    got = _torch_statistics(problem, "cpu", ks, r_values)
+    for name in ("items_at", "relevant_at", "relevant_in_top", "hits_at"):
+        assert np.array_equal(getattr(got, name), getattr(expected, name)), name
+    for name in ("precision_sum", "first_relevant_sum"):
+        assert np.allclose(getattr(got, name), getattr(expected, name), rtol=0, atol=1e-12), name
+
+
+@pytest.mark.gpu
+def test_cuda_gives_the_cpu_numbers():
+    problem = _random_problem(8, n_query=300, n_retrieval=5000, bits=64, n_labels=21)
+    on_cpu = metrics.evaluate_retrieval(*problem, device="cpu")
+    on_gpu = metrics.evaluate_retrieval(*problem, device="cuda")
+    flat = lambda scores: {f"{key}.{sub}": v for key, value in scores.items()  # noqa: E731
+                           for sub, v in (value.items() if isinstance(value, dict) else [("", value)])}
+    assert flat(on_gpu.scores) == pytest.approx(flat(on_cpu.scores), abs=2e-6)  # scores are rounded to 6 places
+    assert np.allclose(on_gpu.precision_at_r, on_cpu.precision_at_r, atol=1e-12)

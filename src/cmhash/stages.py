@@ -94,7 +94,8 @@ def evaluate(params: dict[str, Any], layout: Layout, method: str, bits: int, pro
     results: dict[str, Any] = {}
     plots = layout.plots_dir(method, bits)
     for direction, (query, retrieval) in directions.items():
-        report = evaluate_retrieval(query, retrieval, query_labels, retrieval_labels, map_ks, top_r, progress=progress)
+        report = evaluate_retrieval(query, retrieval, query_labels, retrieval_labels, map_ks, top_r, progress=progress,
+                                    device=settings.get("device", "auto"))
         results[direction] = report.scores
         write_text(plots / f"{direction}_precision_at_top_r.csv",
                    "R,precision,precision_average_ties\n" + "".join(

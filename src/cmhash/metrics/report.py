@@ -37,7 +37,8 @@ def _map_key(k: int | None) -> str:
 
 
 def evaluate_retrieval(query_codes, retrieval_codes, query_labels, retrieval_labels,
-                       map_ks=DEFAULT_MAP_KS, top_r=(1, 10, 100, 1000), progress: bool = False) -> RetrievalReport:
+                       map_ks=DEFAULT_MAP_KS, top_r=(1, 10, 100, 1000), progress: bool = False,
+                       device: str = "cpu") -> RetrievalReport:
     """mAP@all and mAP@k for each k in ``map_ks`` under both tie rules, the DCMHT-refactor mAP@k,
     mAP@all skipping queries without relevant items, precision@R for ``top_r`` and the
     precision-recall curve by Hamming radius. The headline keys ``map_all``/``map_<k>`` use the
@@ -46,7 +47,7 @@ def evaluate_retrieval(query_codes, retrieval_codes, query_labels, retrieval_lab
     n = len(problem.retrieval)
     depths = sorted({min(int(k), n) for k in map_ks} | {n})
     r_values = _clip_ranks(sorted(set(int(r) for r in top_r)), n)
-    stats = problem.statistics(ks=depths, r_values=r_values, progress=progress)
+    stats = problem.statistics(ks=depths, r_values=r_values, progress=progress, device=device)
     column = {depth: i for i, depth in enumerate(depths)}
     rounded = lambda value: round(value, 6)  # noqa: E731
 

@@ -16,9 +16,12 @@ Conventions (METHODS.md section 3), shared by every function here:
   (``"skip"``, as UCCH's code does). A query whose relevant items all rank below k scores 0 at
   depth k under both rules.
 
-All metrics come from one linear scan per query (``kernel.scan_rankings``), never a sort, so the
-whole retrieval set is evaluated at NUS-WIDE or COCO scale in seconds with memory bounded by one
-retrieval-sized buffer per thread.
+- ``device``: ``"cpu"`` (default) or ``"cuda"`` / ``"auto"`` (CUDA when present). Same numbers on both.
+
+On the CPU all metrics come from one linear scan per query (``kernel.scan_rankings``), never a
+sort, so the whole retrieval set is evaluated at NUS-WIDE or COCO scale in seconds with memory
+bounded by one retrieval-sized buffer per thread; on a GPU from a stable sort per query
+(``torch_kernel``), in bounded chunks of queries.
 """
 
 from __future__ import annotations
@@ -61,9 +64,21 @@ class RetrievalProblem:
         pad = lambda words: np.pad(words, ((0, 0), (0, width - words.shape[1])))  # noqa: E731
         return cls(query, retrieval, pad(query_words), pad(retrieval_words))
 
-    def statistics(self, ks=(), r_values=(), by_index: bool = True, progress: bool = False) -> RankStatistics:
-        """Rank statistics of all queries, computed in chunks of queries (one progress step each)."""
+    def statistics(self, ks=(), r_values=(), by_index: bool = True, progress: bool = False,
+                   device: str = "cpu") -> RankStatistics:
+        """Rank statistics of all queries: on the CPU with the ranking kernel, in chunks of queries
+        (one progress step each); on any other device ("cuda", or "auto" with a GPU) with torch."""
         from tqdm import tqdm
+
+        if device != "cpu":
+            from cmhash.device import resolve_device
+
+            device = resolve_device(device)
+        if device != "cpu":
+            from cmhash.metrics.torch_kernel import scan_rankings_torch
+
+            return scan_rankings_torch(self.query.words, self.retrieval.words, self.query_labels,
+                                       self.retrieval_labels, self.query.bits, ks, r_values, by_index, device)
 
         parts = []
         starts = range(0, len(self.query), QUERY_CHUNK)
@@ -111,7 +126,7 @@ def dcmht_average_precision_per_query(stats: RankStatistics, column: int, k: int
 
 
 def mean_average_precision(query_codes, retrieval_codes, query_labels, retrieval_labels, k: int | None = None,
-                           ties: str = "index", no_relevant: str = "zero") -> float:
+                           ties: str = "index", no_relevant: str = "zero", device: str = "cpu") -> float:
     """Mean average precision over the top ``k`` ranks (``k=None``: the whole retrieval set).
 
     ``AP@k = (1 / R_k) * sum_{i <= k, rel_i} P@i``, with ``R_k`` the relevant items in the top k and
@@ -123,12 +138,12 @@ def mean_average_precision(query_codes, retrieval_codes, query_labels, retrieval
     _check_choice("ties", ties, TIES)
     problem = RetrievalProblem.build(query_codes, retrieval_codes, query_labels, retrieval_labels)
     depth = _depth(k, len(problem.retrieval))
-    stats = problem.statistics(ks=[depth], by_index=ties == "index")
+    stats = problem.statistics(ks=[depth], by_index=ties == "index", device=device)
     return _mean_over_queries(average_precision_per_query(stats, 0, depth, ties), stats, no_relevant)
 
 
 def dcmht_mean_average_precision(query_codes, retrieval_codes, query_labels, retrieval_labels, k: int,
-                                 no_relevant: str = "zero") -> float:
+                                 no_relevant: str = "zero", device: str = "cpu") -> float:
     """The "mAP@k" of the DCMHT refactor: precision averaged at the first min(k, R) relevant items.
 
     ``AP = (1 / T) * sum_{t <= T} t / rank_t`` with R the relevant items of the query, T = min(k, R)
@@ -138,7 +153,7 @@ def dcmht_mean_average_precision(query_codes, retrieval_codes, query_labels, ret
     """
     problem = RetrievalProblem.build(query_codes, retrieval_codes, query_labels, retrieval_labels)
     depth = _depth(k, len(problem.retrieval))
-    stats = problem.statistics(ks=[depth])
+    stats = problem.statistics(ks=[depth], device=device)
     return _mean_over_queries(dcmht_average_precision_per_query(stats, 0, depth), stats, no_relevant)
 
 
@@ -157,7 +172,7 @@ def _clip_ranks(r_values, n: int) -> np.ndarray:
 
 
 def precision_at_top_r(query_codes, retrieval_codes, query_labels, retrieval_labels, r_values,
-                       ties: str = "index") -> np.ndarray:
+                       ties: str = "index", device: str = "cpu") -> np.ndarray:
     """Mean over queries of the precision of the top R items, for each R in ``r_values``.
 
     ``P@R = (relevant items among the top R) / R``; R above the retrieval size is clipped to it.
@@ -165,7 +180,7 @@ def precision_at_top_r(query_codes, retrieval_codes, query_labels, retrieval_lab
     """
     problem = RetrievalProblem.build(query_codes, retrieval_codes, query_labels, retrieval_labels)
     r_values = _clip_ranks(r_values, len(problem.retrieval))
-    stats = problem.statistics(r_values=r_values, by_index=ties == "index")
+    stats = problem.statistics(r_values=r_values, by_index=ties == "index", device=device)
     return precision_at_top_r_from(stats, r_values, ties)
 
 
@@ -181,7 +196,8 @@ def precision_recall_from(stats: RankStatistics) -> tuple[np.ndarray, np.ndarray
     return precision, recall
 
 
-def precision_recall_by_radius(query_codes, retrieval_codes, query_labels, retrieval_labels) -> tuple[np.ndarray, np.ndarray]:
+def precision_recall_by_radius(query_codes, retrieval_codes, query_labels, retrieval_labels,
+                               device: str = "cpu") -> tuple[np.ndarray, np.ndarray]:
     """Precision and recall of "retrieve everything within Hamming radius r", for r = 0..K.
 
     At radius r, per query: precision = hits / retrieved and recall = hits / R. Precision is averaged
@@ -189,4 +205,4 @@ def precision_recall_by_radius(query_codes, retrieval_codes, query_labels, retri
     one relevant item (DCMH's ``pr_curve`` convention). Radius sets do not depend on tie order.
     """
     problem = RetrievalProblem.build(query_codes, retrieval_codes, query_labels, retrieval_labels)
-    return precision_recall_from(problem.statistics(by_index=False))
+    return precision_recall_from(problem.statistics(by_index=False, device=device))
