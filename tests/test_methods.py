@@ -7,12 +7,26 @@ from cmhash.methods import build_method, load_model, save_model
 from cmhash.methods.djsrh import djsrh_loss, joint_semantic_affinity
 
 
-def _features(seed=0, n=40):
+def _features(seed=0, n=40, with_labels=False):
     rng = np.random.default_rng(seed)
     topics = rng.integers(0, 4, n)
     image = rng.normal(size=(4, 12))[topics] + 0.3 * rng.normal(size=(n, 12))
     text = rng.normal(size=(4, 9))[topics] + 0.3 * rng.normal(size=(n, 9))
-    return image.astype(np.float32), text.astype(np.float32)
+    features = image.astype(np.float32), text.astype(np.float32)
+    if not with_labels:
+        return features
+    labels = np.eye(5, dtype=np.float32)[topics]
+    labels[rng.random(n) < 0.3, 4] = 1  # a second label on some items: multi-label
+    return (*features, labels)
+
+
+TINY = {"hidden": 16, "epochs": 3, "batch_size": 8}
+SMOKE = [
+    ("lsh", {}), ("itq", {"iterations": 5}), ("cca_itq", {"iterations": 5}),
+    ("djsrh", TINY), ("jdsh", TINY), ("cfrh", TINY),
+    ("dcmht", {"hidden": 16, "epochs": 3, "batch_size": 8}), ("mesdch", TINY),
+    ("clipmh", {"width": 16, "epochs": 3, "batch_size": 8}),
+]
 
 
 def test_djsrh_affinity_and_loss_match_the_formula_by_hand():
@@ -36,18 +50,30 @@ def test_djsrh_affinity_and_loss_match_the_formula_by_hand():
     assert djsrh_loss(bi, bt, torch.tensor(expected_s, dtype=torch.float32), 0.1, 0.2).item() == pytest.approx(expected, rel=1e-5)
 
 
-@pytest.mark.parametrize("name, settings", [("lsh", {}), ("itq", {"iterations": 5}), ("djsrh", {"hidden": 16, "epochs": 3, "batch_size": 8})])
+@pytest.mark.parametrize("name, settings", SMOKE)
 def test_methods_fit_encode_save_load(tmp_path, name, settings):
-    image, text = _features()
-    method = build_method(name, 8, settings, seed=1, device="cpu").fit(image, text)
-    codes = method.encode_images(image), method.encode_texts(text)
+    image, text, labels = _features(with_labels=True)
+    method = build_method(name, 8, settings, seed=1, device="cpu").fit(image, text, labels=labels)
+    if getattr(method, "fused", False):
+        codes = (method.encode_pairs(image, text),)
+    else:
+        codes = method.encode_images(image), method.encode_texts(text)
     for c in codes:
         assert c.shape == (40, 8) and c.dtype == np.int8 and set(np.unique(c)) <= {-1, 1}
-    again = build_method(name, 8, settings, seed=1, device="cpu").fit(image, text)
-    assert np.array_equal(again.encode_images(image), codes[0])  # seeded: reproducible
+    assert all(np.isfinite(loss) for loss in getattr(method, "history", []))
+    again = build_method(name, 8, settings, seed=1, device="cpu").fit(image, text, labels=labels)
+    first_again = again.encode_pairs(image, text) if getattr(method, "fused", False) else again.encode_images(image)
+    assert np.array_equal(first_again, codes[0])  # seeded: reproducible
     save_model(tmp_path / "model.pt", name, method, settings, seed=1)
     loaded = load_model(tmp_path / "model.pt", device="cpu")
-    assert np.array_equal(loaded.encode_texts(text), codes[1])
+    last_loaded = loaded.encode_pairs(image, text) if getattr(method, "fused", False) else loaded.encode_texts(text)
+    assert np.array_equal(last_loaded, codes[-1])
+
+
+@pytest.mark.parametrize("name", ["dcmht", "mesdch", "clipmh"])
+def test_supervised_methods_need_labels(name):
+    with pytest.raises(CmhashError, match="supervised"):
+        build_method(name, 8, {"epochs": 1}, device="cpu").fit(*_features())
 
 
 def test_djsrh_loss_decreases():
@@ -69,3 +95,120 @@ def test_unknown_method_and_setting_are_clear_errors():
         build_method("djsrh", 8, {"learning_rate": 1})
     with pytest.raises(CmhashError, match="ITQ needs bits"):
         build_method("itq", 10, {}).fit(*_features())
+
+
+# ----------------------------------------------------------------------------- losses by hand
+# Each test recomputes a method's objective in plain numpy from the formula in its docstring.
+
+_FI = np.array([[1.0, 0.0], [0.0, 2.0], [1.0, 1.0]])
+_FT = np.array([[1.0, 1.0, 0.0], [0.0, 0.0, 1.0], [1.0, 0.0, 0.0]])
+_BI = np.array([[0.5, -0.5], [0.2, 0.9], [-0.7, 0.1]])
+_BT = np.array([[0.4, 0.4], [-0.3, 0.8], [0.6, -0.2]])
+_t = lambda a: torch.tensor(a, dtype=torch.float32)  # noqa: E731
+
+
+def _rownorm(a):
+    return a / np.linalg.norm(a, axis=1, keepdims=True)
+
+
+def _cos(a, b):
+    return _rownorm(a) @ _rownorm(b).T
+
+
+def test_jdsh_affinity_and_loss_by_hand():
+    from cmhash.methods.jdsh import jdsh_affinity, jdsh_loss
+
+    s_i, s_t = _cos(_FI, _FI), _cos(_FT, _FT)
+    high = _rownorm(s_i) @ _rownorm(s_t).T
+    joint = 0.5 * s_i + 0.1 * s_t + 0.4 * (high + high.T) / 2
+    left, right = 0.3, 0.6  # chosen so that both re-weightings apply on this tiny example
+    assert (joint < left).any() and (joint > right).any()
+    weight = np.where(joint < left, 1 + 0.1 * np.exp(-(joint - left)), np.where(joint > right, 1 + 0.2 * np.exp(joint - right), 1))
+    expected_s = 1.4 * joint * weight
+    s = jdsh_affinity(_t(_FI), _t(_FT), a=0.5, b=0.1, high=0.4, mu=1.4, left=left, right=right, left_weight=0.1, right_weight=0.2)
+    assert np.allclose(s.numpy(), expected_s, atol=1e-5)
+
+    ni, nt = _rownorm(_BI), _rownorm(_BT)
+    mse = lambda a: np.mean((a - expected_s) ** 2)  # noqa: E731
+    expected = 0.1 * mse(ni @ ni.T) + mse(ni @ nt.T) + mse(nt @ ni.T) - np.mean(np.diag(ni @ nt.T)) + 0.1 * mse(nt @ nt.T)
+    assert jdsh_loss(_t(_BI), _t(_BT), _t(expected_s), 0.1).item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_cfrh_affinity_and_reconstruction_by_hand():
+    from cmhash.methods.cfrh import fused_affinity, fused_features, reconstruction_loss
+
+    fused = np.hstack([_rownorm(_FI), _rownorm(_FT)])
+    joint = 0.4 * (2 * _cos(_FI, _FI) - 1) + 0.3 * (2 * _cos(_FT, _FT) - 1) + 0.3 * (2 * _cos(fused, fused) - 1)
+    expected = 1.5 * (0.6 * joint + 0.4 * joint @ joint.T / 3)
+    s = fused_affinity(_t(_FI), _t(_FT), a=0.4, b=0.3, c=0.3, eta=0.4, mu=1.5)
+    assert np.allclose(s.numpy(), expected, atol=1e-5)
+    assert np.allclose(fused_features(_t(_FI), _t(_FT)).numpy(), fused, atol=1e-6)
+    decoded = fused + 0.1
+    assert reconstruction_loss(_t(decoded), _t(fused)).item() == pytest.approx(0.01 * fused.shape[1], rel=1e-5)
+
+
+def test_dcmht_margin_loss_by_hand():
+    from cmhash.methods.dcmht import bit_probabilities, label_similarity, margin_loss, quantization_loss
+
+    logits = np.array([[2.0, 0.0, 0.0, 1.0], [0.5, 0.5, -1.0, 1.0], [0.0, 3.0, 1.0, 0.0]])  # 3 items, K = 2
+    probs = np.exp(logits.reshape(3, 2, 2)) / np.exp(logits.reshape(3, 2, 2)).sum(-1, keepdims=True)
+    labels = np.array([[1, 0], [1, 1], [0, 1]], dtype=np.float32)
+    s = (labels @ labels.T > 0).astype(float)
+    flat = probs.reshape(3, 4)
+    d = np.linalg.norm(flat[:, None] - flat[None], axis=-1)
+    margin = np.sqrt(2 * 2 * 0.75)
+    expected = np.mean((d * s) ** 2) + np.mean(((margin - np.minimum(d, margin)) * (1 - s)) ** 2)
+    p = bit_probabilities(_t(logits), 2)
+    assert np.allclose(p.numpy(), probs, atol=1e-6)
+    assert np.array_equal(label_similarity(_t(labels), _t(labels)).numpy(), s)
+    assert margin_loss(p, p, _t(s), margin).item() == pytest.approx(expected, rel=1e-5)
+    assert quantization_loss(p).item() == pytest.approx(1 - np.mean((2 * probs[..., 1] - 1) ** 2), rel=1e-5)
+
+
+def test_mesdch_positive_constraint_kl_and_loss_by_hand():
+    from cmhash.methods.mesdch import MESDCH, positive_constraint_kl
+
+    s_l = np.array([[1.0, 0.5], [0.0, 1.0]])
+    s_h = np.array([[0.8, 0.7], [0.1, 0.0]])
+    eps = 1e-5
+    expected = np.sum((s_l - s_h) * np.log((s_l + eps) / (s_h + eps))) / 4
+    assert positive_constraint_kl(_t(s_l), _t(s_h)).item() == pytest.approx(expected, rel=1e-4)
+    assert expected > 0
+
+    # the image network's loss on a batch of two against buffers of three items
+    labels = np.array([[1, 0], [1, 1], [0, 1]], dtype=np.float32)
+    buffers = {"image": np.array([[0.5, -0.5], [0.2, 0.9], [-0.7, 0.1]]), "text": np.zeros((3, 2)),
+               "label": np.array([[0.9, -0.1], [0.3, 0.3], [-0.2, 0.8]])}
+    binary = np.sign(buffers["image"] + buffers["label"] + 0.01)
+    codes, index = np.array([[0.4, 0.1], [-0.2, 0.6]]), np.array([0, 2])
+    s_label = _cos(labels[index], labels)
+    kl = lambda other: np.sum((s_label - np.maximum(_cos(codes, buffers[other]), 0)) * np.log(  # noqa: E731
+        (s_label + eps) / (np.maximum(_cos(codes, buffers[other]), 0) + eps))) / s_label.size
+    expected = 1.9 * kl("image") + kl("label") + 0.9 * np.sum((binary[index] - codes) ** 2) / codes.size
+    method = MESDCH(2, alpha=0.3, beta=1.9, gamma=0.9, device="cpu")
+    got = method.mesdch_loss("image", _t(codes), _t(labels[index]), torch.tensor(index), _t(labels),
+                             {k: _t(v) for k, v in buffers.items()}, _t(binary))
+    assert got.item() == pytest.approx(expected, rel=1e-4)
+
+
+def test_clipmh_loss_by_hand():
+    from cmhash.methods.clipmh import clipmh_loss
+
+    codes = np.array([[0.9, -0.8, 0.7], [0.8, -0.9, -0.2], [-0.6, 0.5, 0.9]])
+    s = np.array([[1, 1, 0], [1, 1, 0], [0, 0, 1]], dtype=float)
+    c = _cos(codes, codes)
+    expected = np.mean(s * (1 - c) ** 2 + (1 - s) * np.maximum(c - 0.0, 0) ** 2) + 0.1 * np.mean((np.abs(codes) - 1) ** 2)
+    assert clipmh_loss(_t(codes), _t(s), margin=0.0, quantization=0.1).item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_cca_finds_the_shared_direction():
+    from cmhash.methods.cca_itq import fit_cca
+
+    rng = np.random.default_rng(0)
+    shared = rng.normal(size=(500, 1))
+    images = np.hstack([shared, rng.normal(size=(500, 3))]) @ rng.normal(size=(4, 4))
+    texts = np.hstack([shared + 0.1 * rng.normal(size=(500, 1)), rng.normal(size=(500, 2))]) @ rng.normal(size=(3, 3))
+    image_centre, a, text_centre, b, rho = fit_cca(images, texts, 2, regularization=1e-6)
+    assert rho[0] > 0.99 and rho[1] < 0.3  # one strongly correlated direction, the rest noise
+    u, v = (images - image_centre) @ a[:, 0], (texts - text_centre) @ b[:, 0]
+    assert abs(np.corrcoef(u, v)[0, 1]) == pytest.approx(rho[0], abs=1e-3)

@@ -1,8 +1,9 @@
 """The codes file a train stage writes: {-1, +1} int8 codes of the query and retrieval items.
 
 Layout: ``query/images``, ``query/texts``, ``retrieval/images``, ``retrieval/texts`` (n, bits)
-int8, ``query/index`` and ``retrieval/index`` (the item indices, as in the prepared splits), and
-attributes ``method``, ``bits`` and the cmhash version.
+int8 — or, for fused methods (one code per image-text pair), ``query/pairs`` and
+``retrieval/pairs`` instead — plus ``query/index`` and ``retrieval/index`` (the item indices, as in
+the prepared splits), and attributes ``method``, ``bits`` and the cmhash version.
 """
 
 from __future__ import annotations
@@ -20,11 +21,17 @@ from cmhash.errors import CmhashError
 SETS = ("query", "retrieval")
 
 
+CODE_KINDS = ("images", "texts", "pairs")
+
+
 @dataclass
 class SplitCodes:
+    """Codes of one split: per modality (``images``, ``texts``) or per pair (``pairs``)."""
+
     index: np.ndarray
-    images: np.ndarray
-    texts: np.ndarray
+    images: np.ndarray | None = None
+    texts: np.ndarray | None = None
+    pairs: np.ndarray | None = None
 
 
 def write_codes(path: Path, method: str, bits: int, codes: dict[str, SplitCodes]) -> None:
@@ -32,8 +39,9 @@ def write_codes(path: Path, method: str, bits: int, codes: dict[str, SplitCodes]
         for name in SETS:
             group = f.create_group(name)
             group.create_dataset("index", data=codes[name].index.astype(np.int64))
-            group.create_dataset("images", data=codes[name].images.astype(np.int8))
-            group.create_dataset("texts", data=codes[name].texts.astype(np.int8))
+            for kind in CODE_KINDS:
+                if getattr(codes[name], kind) is not None:
+                    group.create_dataset(kind, data=getattr(codes[name], kind).astype(np.int8))
         f.attrs.update({"method": method, "bits": int(bits), "cmhash_version": __version__})
 
 
@@ -41,4 +49,5 @@ def read_codes(path: Path) -> dict[str, SplitCodes]:
     if not Path(path).is_file():
         raise CmhashError(f"{path}: codes not found; run `cmhash train` for this method and bit length first.")
     with h5py.File(path, "r") as f:
-        return {name: SplitCodes(f[name]["index"][()], f[name]["images"][()], f[name]["texts"][()]) for name in SETS}
+        return {name: SplitCodes(f[name]["index"][()], **{kind: f[name][kind][()] for kind in CODE_KINDS if kind in f[name]})
+                for name in SETS}

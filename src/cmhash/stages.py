@@ -64,10 +64,14 @@ def train(params: dict[str, Any], layout: Layout, method: str, bits: int, progre
     seconds = time.perf_counter() - started
     out_dir = layout.model_dir(method, bits)
     save_model(out_dir / "model.pt", method, model, settings, seed)
-    codes = {
-        split: SplitCodes(splits[split], model.encode_images(features.images[splits[split]]), model.encode_texts(features.texts[splits[split]]))
-        for split in ("query", "retrieval")
-    }
+
+    def split_codes(split: str) -> SplitCodes:
+        rows = splits[split]
+        if getattr(model, "fused", False):  # one code per image-text pair
+            return SplitCodes(rows, pairs=model.encode_pairs(features.images[rows], features.texts[rows]))
+        return SplitCodes(rows, images=model.encode_images(features.images[rows]), texts=model.encode_texts(features.texts[rows]))
+
+    codes = {split: split_codes(split) for split in ("query", "retrieval")}
     write_codes(out_dir / "codes.h5", method, bits, codes)
     write_json(out_dir / "train.json", {"method": method, "bits": bits, "seed": seed, "settings": settings,
                                         "encoder": features.encoder, "train_items": int(len(train_idx)), "fit_seconds": round(seconds, 2)})
@@ -87,10 +91,13 @@ def evaluate(params: dict[str, Any], layout: Layout, method: str, bits: int, pro
     with PreparedData(layout.prepared(params["dataset"]["name"])) as data:
         labels = data.labels
     query_labels, retrieval_labels = labels[codes["query"].index], labels[codes["retrieval"].index]
-    directions = {
-        "i2t": (codes["query"].images, codes["retrieval"].texts),
-        "t2i": (codes["query"].texts, codes["retrieval"].images),
-    }
+    if codes["query"].pairs is not None:  # fused codes: pair-to-pair retrieval
+        directions = {"p2p": (codes["query"].pairs, codes["retrieval"].pairs)}
+    else:
+        directions = {
+            "i2t": (codes["query"].images, codes["retrieval"].texts),
+            "t2i": (codes["query"].texts, codes["retrieval"].images),
+        }
     results: dict[str, Any] = {}
     plots = layout.plots_dir(method, bits)
     for direction, (query, retrieval) in directions.items():

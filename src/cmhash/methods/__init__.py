@@ -25,9 +25,19 @@ import numpy as np
 from cmhash.errors import CmhashError
 
 METHODS: dict[str, str] = {
+    # baselines
     "lsh": "cmhash.methods.lsh:LSH",
     "itq": "cmhash.methods.itq:ITQ",
+    "cca_itq": "cmhash.methods.cca_itq:CCAITQ",
+    # unsupervised, on frozen features
     "djsrh": "cmhash.methods.djsrh:DJSRH",
+    "jdsh": "cmhash.methods.jdsh:JDSH",
+    "cfrh": "cmhash.methods.cfrh:CFRH",
+    # supervised
+    "dcmht": "cmhash.methods.dcmht:DCMHT",
+    "mesdch": "cmhash.methods.mesdch:MESDCH",
+    # supervised, fused (one code per image-text pair)
+    "clipmh": "cmhash.methods.clipmh:CLIPMH",
 }
 
 

@@ -20,11 +20,7 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
-from tqdm import tqdm
-
-from cmhash.device import resolve_device
-from cmhash.methods import to_codes
+from cmhash.methods.network import NetworkHash, mlp
 
 
 def joint_semantic_affinity(image_features, text_features, beta: float, eta: float, mu: float):
@@ -51,13 +47,7 @@ def djsrh_loss(image_codes, text_codes, affinity, lambda1: float, lambda2: float
     )
 
 
-def _mlp(in_dim: int, hidden: int, bits: int):
-    from torch import nn
-
-    return nn.Sequential(nn.Linear(in_dim, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, bits))
-
-
-class DJSRH:
+class DJSRH(NetworkHash):
     def __init__(
         self,
         bits: int,
@@ -77,79 +67,25 @@ class DJSRH:
         weight_decay: float = 5e-4,
         progress: bool = True,
     ):
-        self.bits, self.seed, self.device = bits, seed, resolve_device(device)
+        super().__init__(bits, seed, device, epochs, batch_size, progress)
         self.beta, self.eta, self.mu, self.lambda1, self.lambda2 = beta, eta, mu, lambda1, lambda2
-        self.hidden, self.epochs, self.batch_size = int(hidden), int(epochs), int(batch_size)
+        self.hidden = int(hidden)
         self.lr_image, self.lr_text, self.momentum, self.weight_decay = lr_image, lr_text, momentum, weight_decay
-        self.progress = progress
-        self.image_net = self.text_net = None
-        self.history: list[float] = []
 
-    def _build(self, image_dim: int, text_dim: int) -> None:
+    def build_networks(self, image_dim, text_dim, label_dim):
+        return {"image": mlp(image_dim, self.hidden, self.bits), "text": mlp(text_dim, self.hidden, self.bits)}
+
+    def make_optimizers(self):
         import torch
 
-        torch.manual_seed(self.seed)
-        self.image_net = _mlp(image_dim, self.hidden, self.bits).to(self.device)
-        self.text_net = _mlp(text_dim, self.hidden, self.bits).to(self.device)
+        sgd = lambda net, lr: torch.optim.SGD(net.parameters(), lr=lr, momentum=self.momentum, weight_decay=self.weight_decay)  # noqa: E731
+        return [sgd(self.nets["image"], self.lr_image), sgd(self.nets["text"], self.lr_text)]
 
-    def fit(self, image_features, text_features, labels=None, aligned=False):
+    def batch_loss(self, batch, epoch):
         import torch
 
-        self._build(image_features.shape[1], text_features.shape[1])
-        fi = torch.as_tensor(image_features, dtype=torch.float32, device=self.device)
-        ft = torch.as_tensor(text_features, dtype=torch.float32, device=self.device)
-        opt_image = torch.optim.SGD(self.image_net.parameters(), lr=self.lr_image, momentum=self.momentum, weight_decay=self.weight_decay)
-        opt_text = torch.optim.SGD(self.text_net.parameters(), lr=self.lr_text, momentum=self.momentum, weight_decay=self.weight_decay)
-        generator = torch.Generator().manual_seed(self.seed)
-        n = fi.shape[0]
-        self.image_net.train()
-        self.text_net.train()
-        for epoch in tqdm(range(self.epochs), desc=f"DJSRH {self.bits} bits", unit="epoch", disable=not self.progress):
-            alpha = math.sqrt(epoch + 1.0)
-            order = torch.randperm(n, generator=generator).to(self.device)
-            total, batches = 0.0, 0
-            for start in range(0, n, self.batch_size):
-                idx = order[start : start + self.batch_size]
-                if len(idx) < 2:  # a similarity matrix needs at least two items
-                    continue
-                affinity = joint_semantic_affinity(fi[idx], ft[idx], self.beta, self.eta, self.mu)
-                codes_image = torch.tanh(alpha * self.image_net(fi[idx]))
-                codes_text = torch.tanh(alpha * self.text_net(ft[idx]))
-                loss = djsrh_loss(codes_image, codes_text, affinity, self.lambda1, self.lambda2)
-                opt_image.zero_grad()
-                opt_text.zero_grad()
-                loss.backward()
-                opt_image.step()
-                opt_text.step()
-                total, batches = total + loss.item(), batches + 1
-            self.history.append(total / max(batches, 1))
-        return self
-
-    def _encode(self, net, features: np.ndarray) -> np.ndarray:
-        import torch
-
-        net.eval()
-        with torch.inference_mode():
-            out = net(torch.as_tensor(features, dtype=torch.float32, device=self.device))
-        return to_codes(out.cpu().numpy())
-
-    def encode_images(self, features):
-        return self._encode(self.image_net, features)
-
-    def encode_texts(self, features):
-        return self._encode(self.text_net, features)
-
-    def state_dict(self):
-        return {
-            "image_dim": self.image_net[0].in_features,
-            "text_dim": self.text_net[0].in_features,
-            "image_net": {k: v.cpu() for k, v in self.image_net.state_dict().items()},
-            "text_net": {k: v.cpu() for k, v in self.text_net.state_dict().items()},
-            "history": list(self.history),
-        }
-
-    def load_state_dict(self, state):
-        self._build(int(state["image_dim"]), int(state["text_dim"]))
-        self.image_net.load_state_dict(state["image_net"])
-        self.text_net.load_state_dict(state["text_net"])
-        self.history = list(state.get("history", []))
+        alpha = math.sqrt(epoch + 1.0)
+        affinity = joint_semantic_affinity(batch.images, batch.texts, self.beta, self.eta, self.mu)
+        codes_image = torch.tanh(alpha * self.nets["image"](batch.images))
+        codes_text = torch.tanh(alpha * self.nets["text"](batch.texts))
+        return djsrh_loss(codes_image, codes_text, affinity, self.lambda1, self.lambda2)

@@ -14,6 +14,17 @@ from cmhash.errors import CmhashError
 from cmhash.methods.projection import LinearProjectionHash
 
 
+def itq_rotation(projected: np.ndarray, iterations: int, rng: np.random.Generator) -> np.ndarray:
+    """The (bits, bits) orthogonal rotation R minimising ``||sign(V R) - V R||_F^2`` for centred V."""
+    bits = projected.shape[1]
+    rotation, _ = np.linalg.qr(rng.standard_normal((bits, bits)))
+    for _ in range(iterations):
+        codes = np.where(projected @ rotation >= 0, 1.0, -1.0)
+        u, _, wt = np.linalg.svd(projected.T @ codes)
+        rotation = u @ wt
+    return rotation
+
+
 def fit_itq(features: np.ndarray, bits: int, iterations: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """Return (centre, projection) with projection = PCA components @ ITQ rotation, shape (d, bits)."""
     n, dim = features.shape
@@ -23,13 +34,7 @@ def fit_itq(features: np.ndarray, bits: int, iterations: int, rng: np.random.Gen
     centred = (features - centre).astype(np.float64)
     _, _, components = np.linalg.svd(centred, full_matrices=False)
     pca = components[:bits].T
-    projected = centred @ pca
-    rotation, _ = np.linalg.qr(rng.standard_normal((bits, bits)))
-    for _ in range(iterations):
-        codes = np.where(projected @ rotation >= 0, 1.0, -1.0)
-        u, _, wt = np.linalg.svd(projected.T @ codes)
-        rotation = u @ wt
-    return centre, pca @ rotation
+    return centre, pca @ itq_rotation(centred @ pca, iterations, rng)
 
 
 class ITQ(LinearProjectionHash):

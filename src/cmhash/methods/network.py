@@ -1,0 +1,160 @@
+"""Shared training machinery of the deep methods: networks on frozen features, seeded minibatches.
+
+A deep method subclasses :class:`NetworkHash` and supplies four things: its networks
+(``build_networks``), its optimisers (``make_optimizers``), the loss of one minibatch
+(``batch_loss``) and, unless its networks are simply named ``image`` and ``text``, the real-valued
+outputs whose signs are the codes (``image_output`` / ``text_output``, or ``pair_output`` for fused
+codes). The loop here does the rest the same way for
+every method: a seeded shuffle per epoch, a fixed number of epochs (no model selection, so nothing
+is ever chosen on the query set), optional gradient clipping, progress bars, the loss history,
+encoding in chunks, and saving/loading.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from cmhash.device import resolve_device
+from cmhash.errors import CmhashError
+from cmhash.methods import to_codes
+
+ENCODE_CHUNK = 4096
+
+
+@dataclass
+class Batch:
+    """One minibatch: positions in the training set, both modalities' features and (if any) labels."""
+
+    index: Any
+    images: Any
+    texts: Any
+    labels: Any = None
+
+
+def mlp(in_dim: int, hidden: int, out_dim: int):
+    """``in -> hidden -> out`` with a ReLU in between: the per-modality head of most methods."""
+    from torch import nn
+
+    return nn.Sequential(nn.Linear(in_dim, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, out_dim))
+
+
+class NetworkHash:
+    """Base of the deep methods (see the module docstring for what a subclass provides)."""
+
+    supervised = False  # True: fit needs the training labels
+    fused = False  # True: one code per image-text pair (encode_pairs) instead of one per modality
+    grad_clip: float | None = None
+
+    def __init__(self, bits: int, seed: int, device: str, epochs: int, batch_size: int, progress: bool):
+        self.bits, self.seed, self.device = int(bits), int(seed), resolve_device(device)
+        self.epochs, self.batch_size, self.progress = int(epochs), int(batch_size), progress
+        self.nets = None
+        self.dims: dict[str, int] = {}
+        self.history: list[float] = []
+
+    # ---- what a method provides
+    def build_networks(self, image_dim: int, text_dim: int, label_dim: int) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def make_optimizers(self) -> list[Any]:
+        raise NotImplementedError
+
+    def batch_loss(self, batch: Batch, epoch: int):
+        raise NotImplementedError
+
+    def image_output(self, images):
+        """Real-valued image outputs whose signs are the codes (default: the ``image`` network)."""
+        return self.nets["image"](images)
+
+    def text_output(self, texts):
+        return self.nets["text"](texts)
+
+    def pair_output(self, images, texts):
+        raise NotImplementedError
+
+    def start_epoch(self, epoch: int, images, texts, labels) -> None:
+        """Called before each epoch with the whole training set (e.g. to refresh code buffers)."""
+
+    def after_step(self) -> None:
+        """Called after every optimiser step (e.g. to advance a learning-rate schedule)."""
+
+    # ---- the shared machinery
+    def _build(self, dims: dict[str, int]) -> None:
+        import torch
+        from torch import nn
+
+        torch.manual_seed(self.seed)
+        self.dims = dict(dims)
+        self.nets = nn.ModuleDict(self.build_networks(dims["image"], dims["text"], dims["label"])).to(self.device)
+
+    def fit(self, image_features, text_features, labels=None, aligned=False):
+        import torch
+
+        if self.supervised and labels is None:
+            raise CmhashError(f"{type(self).__name__} is supervised and needs the training labels.")
+        self._build({"image": image_features.shape[1], "text": text_features.shape[1],
+                     "label": 0 if labels is None else labels.shape[1]})
+        as_tensor = lambda a: torch.as_tensor(np.asarray(a), dtype=torch.float32, device=self.device)  # noqa: E731
+        images, texts = as_tensor(image_features), as_tensor(text_features)
+        label_tensor = None if labels is None else as_tensor(labels)
+        self.optimizers = self.make_optimizers()
+        self.total_steps = self.epochs * -(-len(images) // self.batch_size)
+        generator = torch.Generator().manual_seed(self.seed)
+        self.nets.train()
+        for epoch in tqdm(range(self.epochs), desc=f"{type(self).__name__} {self.bits} bits", unit="epoch", disable=not self.progress):
+            self.start_epoch(epoch, images, texts, label_tensor)
+            order = torch.randperm(len(images), generator=generator).to(self.device)
+            total, batches = 0.0, 0
+            for start in range(0, len(images), self.batch_size):
+                index = order[start:start + self.batch_size]
+                if len(index) < 2:  # similarities within a batch need at least two items
+                    continue
+                batch = Batch(index, images[index], texts[index], None if label_tensor is None else label_tensor[index])
+                loss = self.batch_loss(batch, epoch)
+                for optimizer in self.optimizers:
+                    optimizer.zero_grad()
+                loss.backward()
+                if self.grad_clip is not None:
+                    torch.nn.utils.clip_grad_norm_(self.nets.parameters(), self.grad_clip)
+                for optimizer in self.optimizers:
+                    optimizer.step()
+                self.after_step()
+                total, batches = total + loss.item(), batches + 1
+            self.history.append(total / max(batches, 1))
+        return self
+
+    def _encode(self, output, *features: np.ndarray) -> np.ndarray:
+        import torch
+
+        if self.nets is None:
+            raise CmhashError(f"{type(self).__name__} must be fitted (or loaded) before encoding.")
+        self.nets.eval()
+        chunks = []
+        with torch.inference_mode():
+            for start in range(0, len(features[0]), ENCODE_CHUNK):
+                inputs = [torch.as_tensor(np.asarray(f[start:start + ENCODE_CHUNK]), dtype=torch.float32, device=self.device)
+                          for f in features]
+                chunks.append(output(*inputs).float().cpu().numpy())
+        return to_codes(np.concatenate(chunks) if chunks else np.zeros((0, self.bits)))
+
+    def encode_images(self, features: np.ndarray) -> np.ndarray:
+        return self._encode(self.image_output, features)
+
+    def encode_texts(self, features: np.ndarray) -> np.ndarray:
+        return self._encode(self.text_output, features)
+
+    def encode_pairs(self, image_features: np.ndarray, text_features: np.ndarray) -> np.ndarray:
+        return self._encode(self.pair_output, image_features, text_features)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"dims": dict(self.dims), "nets": {k: v.cpu() for k, v in self.nets.state_dict().items()},
+                "history": list(self.history)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._build(state["dims"])
+        self.nets.load_state_dict(state["nets"])
+        self.history = list(state.get("history", []))
