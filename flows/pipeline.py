@@ -50,9 +50,14 @@ def evaluate(params: dict[str, Any], root: str, method: str, bits: int) -> dict[
     return stages.evaluate(params, Layout(Path(root)), method, bits)
 
 
+@task(name="report")
+def report(params: dict[str, Any], root: str) -> str:
+    return str(stages.report(params, Layout(Path(root))))
+
+
 @flow(name="cmhash-pipeline", log_prints=True)
 def pipeline(params_path: str = "params.yaml", root: str = ".") -> dict[str, Any]:
-    """prepare -> validate -> encode -> train and evaluate every method at every code length."""
+    """prepare -> validate -> encode -> train and evaluate every method at every code length -> report."""
     params = load_params(params_path)
     prepare(params, root)
     validate(params, root)
@@ -63,6 +68,7 @@ def pipeline(params_path: str = "params.yaml", root: str = ".") -> dict[str, Any
             train(params, root, method, int(bits))
             results[f"{method}-{bits}"] = evaluate(params, root, method, int(bits))
             print(f"{method}-{bits}: {results[f'{method}-{bits}']}")
+    print(f"results table: {report(params, root)}")
     return results
 
 

@@ -34,7 +34,10 @@ def tiny_params(clip_config: Path | None = None) -> dict:
         params["encode"]["open_clip"] = {"model": "tiny-clip-test", "pretrained": None, "model_config": str(clip_config)}
     params["train"]["bits"] = [16, 32]
     params["train"]["device"] = "cpu"
-    params["methods"]["djsrh"].update({"hidden": 32, "epochs": 2, "batch_size": 16})
+    for settings in params["methods"].values():  # every deep method: a few small steps
+        for key, tiny in (("hidden", 32), ("width", 16), ("epochs", 2), ("batch_size", 16)):
+            if key in settings:
+                settings[key] = tiny
     params["evaluate"]["top_r"] = [1, 5, 10, 50]
     return params
 

@@ -118,7 +118,7 @@ def _cos(a, b):
 def test_jdsh_affinity_and_loss_by_hand():
     from cmhash.methods.jdsh import jdsh_affinity, jdsh_loss
 
-    s_i, s_t = _cos(_FI, _FI), _cos(_FT, _FT)
+    s_i, s_t = 2 * _cos(_FI, _FI) - 1, 2 * _cos(_FT, _FT) - 1
     high = _rownorm(s_i) @ _rownorm(s_t).T
     joint = 0.5 * s_i + 0.1 * s_t + 0.4 * (high + high.T) / 2
     left, right = 0.3, 0.6  # chosen so that both re-weightings apply on this tiny example

@@ -25,7 +25,9 @@ def dvc_project(tmp_path, clip_config):
     """A scratch git + DVC repository with the project's dvc.yaml and sources and tiny params."""
     shutil.copy(REPO / "dvc.yaml", tmp_path)
     shutil.copytree(REPO / "src", tmp_path / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(tiny_params(clip_config)))
+    params = tiny_params(clip_config)
+    params["train"]["methods"] = ["lsh", "djsrh", "dcmht", "clipmh"]  # baseline, unsupervised, supervised, fused
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     _run(["git", "init", "-q"], tmp_path)
     _run(["git", "config", "user.email", "test@example.com"], tmp_path)
     _run(["git", "config", "user.name", "test"], tmp_path)
@@ -38,14 +40,18 @@ def test_dvc_repro_end_to_end(dvc_project):
     _run(["dvc", "repro"], dvc_project)
     shown = json.loads(_run(["dvc", "metrics", "show", "--json"], dvc_project))
     metrics = next(iter(shown.values()))["data"]
-    for method in ("djsrh", "lsh", "itq"):
+    for method in ("lsh", "djsrh", "dcmht", "clipmh"):
         for bits in (16, 32):
             values = metrics[f"metrics/{method}-{bits}.json"]["data"]
-            for direction in ("i2t", "t2i"):
+            directions = ["p2p"] if method == "clipmh" else ["i2t", "t2i"]
+            assert sorted(values) == sorted(directions)
+            for direction in directions:
                 scores = values[direction]
                 for key in ("map_all", "map_50", "map_1000"):
                     assert 0 <= scores[key] <= 1 and 0 <= scores["ties_average"][key] <= 1
                 assert set(scores["dcmht_refactor"]) == {"map_50", "map_1000"}
+    results = (dvc_project / "reports/results.md").read_text()
+    assert "| dcmht |" in results and "pair→pair 32" in results and "## mAP@50, cross-modal retrieval" in results
     fake_vega = dvc_project / "fake_vega"
     fake_vega.mkdir()
     for name in ("vega", "vega-lite", "vega-embed"):
@@ -53,7 +59,7 @@ def test_dvc_repro_end_to_end(dvc_project):
     _run(["cmhash", "plots-page", "--scripts-dir", str(fake_vega), "--cache-dir", str(dvc_project / "cache")], dvc_project)
     page = (dvc_project / "reports/plots/index.html").read_text()
     assert "/* vega-embed stand-in */" in page and "cdn.jsdelivr" not in page
-    assert "plots/djsrh-16/i2t_precision_at_top_r.csv" in page
+    assert "plots/djsrh-16/precision_at_top_r/i2t.csv" in page
     second = _run(["dvc", "repro"], dvc_project)
     assert "Running stage" not in second  # nothing reruns
     assert json.loads(_run(["dvc", "status", "--json"], dvc_project)) == {}

@@ -16,6 +16,7 @@ STAGES = {
     "encode": "encode images and texts with the encoder of encode.backend into data/features/<name>.h5",
     "train": "fit one hashing method at one code length; write data/models/<method>-<bits>/",
     "evaluate": "compute mAP@all, mAP@k and curves for one method and length; write metrics/ and plots/",
+    "report": "write the results table of every method and code length to reports/results.md",
 }
 
 
@@ -80,6 +81,8 @@ def main(argv: list[str] | None = None) -> int:
             summary = "  ".join(f"{d} " + " ".join(f"{k}={v:.4f}" for k, v in m.items() if k.startswith("map_"))
                                 for d, m in results.items())
             print(f"{args.method} {args.bits} bits: {summary}")
+        elif args.stage == "report":
+            print(f"wrote {stages.report(params, layout)}")
     except CmhashError as err:
         print(f"cmhash {args.stage}: error: {err}", file=sys.stderr)
         return 1

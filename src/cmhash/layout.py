@@ -31,3 +31,6 @@ class Layout:
 
     def plots_dir(self, method: str, bits: int) -> Path:
         return self.root / "plots" / f"{method}-{bits}"
+
+    def results_report(self) -> Path:
+        return self.root / "reports" / "results.md"

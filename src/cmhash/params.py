@@ -33,8 +33,12 @@ def load_params(path: str | Path = "params.yaml") -> dict[str, Any]:
 
 
 def method_params(params: dict[str, Any], method: str) -> dict[str, Any]:
-    """The settings of one hashing method (``methods.<name>``), empty when it has none."""
+    """The settings of one hashing method: its preset ``methods.<name>``, with the entry
+    ``dataset_overrides.<dataset.name>.<name>`` (the papers' per-dataset values) merged over it."""
     settings = params["methods"].get(method) or {}
-    if not isinstance(settings, dict):
-        raise CmhashError(f"params.yaml: methods.{method} must be a mapping of settings.")
-    return dict(settings)
+    dataset = params["dataset"].get("name")
+    overrides = ((params.get("dataset_overrides") or {}).get(dataset) or {}).get(method) or {}
+    for where, value in ((f"methods.{method}", settings), (f"dataset_overrides.{dataset}.{method}", overrides)):
+        if not isinstance(value, dict):
+            raise CmhashError(f"params.yaml: {where} must be a mapping of settings.")
+    return {**settings, **overrides}

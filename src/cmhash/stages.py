@@ -104,11 +104,20 @@ def evaluate(params: dict[str, Any], layout: Layout, method: str, bits: int, pro
         report = evaluate_retrieval(query, retrieval, query_labels, retrieval_labels, map_ks, top_r, progress=progress,
                                     device=settings.get("device", "auto"))
         results[direction] = report.scores
-        write_text(plots / f"{direction}_precision_at_top_r.csv",
+        write_text(plots / "precision_at_top_r" / f"{direction}.csv",
                    "R,precision,precision_average_ties\n" + "".join(
                        f"{r},{p:.6f},{a:.6f}\n" for r, p, a in zip(report.top_r, report.precision_at_r, report.precision_at_r_average_ties)))
-        write_text(plots / f"{direction}_precision_recall.csv",
+        write_text(plots / "precision_recall" / f"{direction}.csv",
                    "radius,recall,precision\n" + "".join(
                        f"{i},{r:.6f},{p:.6f}\n" for i, (p, r) in enumerate(zip(report.pr_precision, report.pr_recall))))
     write_json(layout.metrics(method, bits), results)
     return results
+
+
+def report(params: dict[str, Any], layout: Layout) -> Path:
+    """Write the results table of every method and code length (reports/results.md)."""
+    from cmhash.report import render_results
+
+    out = layout.results_report()
+    write_text(out, render_results(params, layout) + "\n")
+    return out

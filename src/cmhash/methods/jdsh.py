@@ -1,6 +1,7 @@
 """JDSH: Joint-modal Distribution-based Similarity Hashing (Liu et al., SIGIR 2020). Unsupervised.
 
-For a batch with cosine similarities ``S_I = cos(F_I, F_I)`` and ``S_T = cos(F_T, F_T)``:
+For a batch with similarities ``S_I = 2 cos(F_I, F_I) - 1`` and ``S_T = 2 cos(F_T, F_T) - 1`` (in
+[-1, 1], as in DJSRH, whose code JDSH builds on; the thresholds below live on that scale):
 
     S_high = rownorm(S_I) rownorm(S_T)^T                       (joint-modal, second order)
     S_     = a S_I + b S_T + l (S_high + S_high^T) / 2
@@ -32,7 +33,7 @@ def jdsh_affinity(image_features, text_features, a: float, b: float, high: float
     import torch.nn.functional as F
 
     fi, ft = F.normalize(image_features, dim=1), F.normalize(text_features, dim=1)
-    s_image, s_text = fi @ fi.T, ft @ ft.T
+    s_image, s_text = 2 * fi @ fi.T - 1, 2 * ft @ ft.T - 1
     s_high = F.normalize(s_image, dim=1) @ F.normalize(s_text, dim=1).T
     joint = a * s_image + b * s_text + high * (s_high + s_high.T) / 2
     weight = torch.ones_like(joint)

@@ -21,11 +21,19 @@ at the start of every epoch. Heads are MLPs on frozen features.
 
 Fix of the public code, stated: its last partial batch is never encoded, so those items keep
 all-zero codes; here every item is encoded. Only training-split labels are read.
+
+Departure, stated: the image and text nets start with a per-dimension standardisation fitted on
+the training split (``network.Standardize``). The paper's nets take raw CNN activations and
+bag-of-words counts, whose scale suits its SGD learning rate; cmhash's features are L2-normalised
+(entries of about 1/sqrt(d)), and at that scale SGD at the published rate stalled and the codes
+collapsed to a handful of values on the built-in dataset (image-to-text mAP@all 0.50, chance level).
 """
 
 from __future__ import annotations
 
-from cmhash.methods.network import NetworkHash, mlp
+from torch import nn
+
+from cmhash.methods.network import NetworkHash, Standardize, mlp
 
 EPSILON = 1e-5
 
@@ -55,7 +63,8 @@ class MESDCH(NetworkHash):
         self.lr, self.lr_final = lr, lr_final
 
     def build_networks(self, image_dim, text_dim, label_dim):
-        return {"image": mlp(image_dim, self.hidden, self.bits), "text": mlp(text_dim, self.hidden, self.bits),
+        return {"image": nn.Sequential(Standardize(image_dim), mlp(image_dim, self.hidden, self.bits)),
+                "text": nn.Sequential(Standardize(text_dim), mlp(text_dim, self.hidden, self.bits)),
                 "label": mlp(label_dim, self.hidden, self.bits)}
 
     def _learning_rate(self, epoch: int) -> float:
@@ -91,6 +100,7 @@ class MESDCH(NetworkHash):
         optimizers = {name: torch.optim.SGD(self.nets[name].parameters(), lr=self.lr) for name in networks}
         as_tensor = lambda a: torch.as_tensor(np.asarray(a), dtype=torch.float32, device=self.device)  # noqa: E731
         inputs = {"image": as_tensor(image_features), "text": as_tensor(text_features), "label": as_tensor(labels)}
+        self.fit_standardizers(inputs["image"], inputs["text"])
         n = len(labels)
         with torch.no_grad():
             buffers = {name: self._codes(name, inputs[name]) for name in networks}

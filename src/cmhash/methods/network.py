@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import torch
+from torch import nn
 from tqdm import tqdm
 
 from cmhash.device import resolve_device
@@ -35,11 +37,26 @@ class Batch:
     labels: Any = None
 
 
-def mlp(in_dim: int, hidden: int, out_dim: int):
+def mlp(in_dim: int, hidden: int, out_dim: int) -> nn.Sequential:
     """``in -> hidden -> out`` with a ReLU in between: the per-modality head of most methods."""
-    from torch import nn
-
     return nn.Sequential(nn.Linear(in_dim, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, out_dim))
+
+
+class Standardize(nn.Module):
+    """A first layer ``(x - mean) / std``. The statistics come from the training split (``fit``) and
+    are buffers, so they are saved and loaded with the model."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(dim))
+        self.register_buffer("std", torch.ones(dim))
+
+    def fit(self, features) -> None:
+        self.mean.copy_(features.mean(0))
+        self.std.copy_(features.std(0) + 1e-6)
+
+    def forward(self, x):
+        return (x - self.mean) / self.std
 
 
 class NetworkHash:
@@ -84,16 +101,11 @@ class NetworkHash:
 
     # ---- the shared machinery
     def _build(self, dims: dict[str, int]) -> None:
-        import torch
-        from torch import nn
-
         torch.manual_seed(self.seed)
         self.dims = dict(dims)
         self.nets = nn.ModuleDict(self.build_networks(dims["image"], dims["text"], dims["label"])).to(self.device)
 
     def fit(self, image_features, text_features, labels=None, aligned=False):
-        import torch
-
         if self.supervised and labels is None:
             raise CmhashError(f"{type(self).__name__} is supervised and needs the training labels.")
         self._build({"image": image_features.shape[1], "text": text_features.shape[1],
@@ -101,6 +113,7 @@ class NetworkHash:
         as_tensor = lambda a: torch.as_tensor(np.asarray(a), dtype=torch.float32, device=self.device)  # noqa: E731
         images, texts = as_tensor(image_features), as_tensor(text_features)
         label_tensor = None if labels is None else as_tensor(labels)
+        self.fit_standardizers(images, texts)
         self.optimizers = self.make_optimizers()
         self.total_steps = self.epochs * -(-len(images) // self.batch_size)
         generator = torch.Generator().manual_seed(self.seed)
@@ -127,9 +140,14 @@ class NetworkHash:
             self.history.append(total / max(batches, 1))
         return self
 
-    def _encode(self, output, *features: np.ndarray) -> np.ndarray:
-        import torch
+    def fit_standardizers(self, images, texts) -> None:
+        """Set the statistics of every ``image``/``text`` network that starts with a Standardize layer."""
+        for name, features in (("image", images), ("text", texts)):
+            network = self.nets[name] if name in self.nets else None
+            if isinstance(network, nn.Sequential) and isinstance(network[0], Standardize):
+                network[0].fit(features)
 
+    def _encode(self, output, *features: np.ndarray) -> np.ndarray:
         if self.nets is None:
             raise CmhashError(f"{type(self).__name__} must be fitted (or loaded) before encoding.")
         self.nets.eval()
