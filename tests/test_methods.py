@@ -1,10 +1,13 @@
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 
 from cmhash.errors import CmhashError
 from cmhash.methods import build_method, load_model, save_model
-from cmhash.methods.djsrh import djsrh_loss, joint_semantic_affinity
+from cmhash.methods.djsrh import joint_semantic_affinity
+from cmhash.methods.network import affinity_reconstruction_loss
 
 
 def _features(seed=0, n=40, with_labels=False):
@@ -47,7 +50,7 @@ def test_djsrh_affinity_and_loss_match_the_formula_by_hand():
     nt = bt.numpy() / np.linalg.norm(bt.numpy(), axis=1, keepdims=True)
     mse = lambda a: np.mean((a - expected_s) ** 2)  # noqa: E731
     expected = 0.1 * mse(ni @ ni.T) + mse(ni @ nt.T) + 0.2 * mse(nt @ nt.T)
-    assert djsrh_loss(bi, bt, torch.tensor(expected_s, dtype=torch.float32), 0.1, 0.2).item() == pytest.approx(expected, rel=1e-5)
+    assert affinity_reconstruction_loss(bi, bt, torch.tensor(expected_s, dtype=torch.float32), 0.1, 0.2).item() == pytest.approx(expected, rel=1e-5)
 
 
 @pytest.mark.parametrize("name, settings", SMOKE)
@@ -148,7 +151,8 @@ def test_cfrh_affinity_and_reconstruction_by_hand():
 
 
 def test_dcmht_margin_loss_by_hand():
-    from cmhash.methods.dcmht import bit_probabilities, label_similarity, margin_loss, quantization_loss
+    from cmhash.methods.dcmht import bit_probabilities, margin_loss, quantization_loss
+    from cmhash.methods.network import label_similarity
 
     logits = np.array([[2.0, 0.0, 0.0, 1.0], [0.5, 0.5, -1.0, 1.0], [0.0, 3.0, 1.0, 0.0]])  # 3 items, K = 2
     probs = np.exp(logits.reshape(3, 2, 2)) / np.exp(logits.reshape(3, 2, 2)).sum(-1, keepdims=True)
@@ -212,3 +216,17 @@ def test_cca_finds_the_shared_direction():
     assert rho[0] > 0.99 and rho[1] < 0.3  # one strongly correlated direction, the rest noise
     u, v = (images - image_centre) @ a[:, 0], (texts - text_centre) @ b[:, 0]
     assert abs(np.corrcoef(u, v)[0, 1]) == pytest.approx(rho[0], abs=1e-3)
+
+
+def test_each_method_lives_in_its_own_module_and_imports_no_other_method():
+    # dvc.yaml's train stage depends on src/cmhash/methods/<name>.py plus the shared modules only
+    import ast
+
+    from cmhash.methods import METHODS
+
+    folder = Path(__file__).resolve().parents[1] / "src/cmhash/methods"
+    for name, target in METHODS.items():
+        assert target.partition(":")[0] == f"cmhash.methods.{name}"
+        tree = ast.parse((folder / f"{name}.py").read_text())
+        imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module}
+        assert not imported & {f"cmhash.methods.{other}" for other in METHODS}, name

@@ -10,7 +10,10 @@ Every method is a class ``Method(bits, seed=0, device="auto", **settings)`` with
 
 ``settings`` are the method's entry under ``methods.<name>`` in params.yaml. ``aligned`` says whether
 the two feature spaces are one space (CLIP); baselines use it to share one projection.
-Adding a method is one new module plus one line in :data:`METHODS`.
+Adding a method is one new module plus one line in :data:`METHODS`. A method module imports only
+the shared modules (this package, ``network``, ``projection``), never another method's module:
+dvc.yaml makes each train stage depend on exactly those files, so editing one method reruns one
+method.
 """
 
 from __future__ import annotations

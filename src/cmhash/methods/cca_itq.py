@@ -17,8 +17,7 @@ from __future__ import annotations
 import numpy as np
 
 from cmhash.errors import CmhashError
-from cmhash.methods.itq import itq_rotation
-from cmhash.methods.projection import LinearProjectionHash
+from cmhash.methods.projection import LinearProjectionHash, itq_rotation
 
 
 def _inverse_sqrt(covariance: np.ndarray, regularization: float) -> np.ndarray:

@@ -13,7 +13,7 @@ no formulas. What the paper states, and how cmhash reads it:
       S~ = a S_I + b S_T + c S_F,     S = mu ((1 - eta) S~ + eta S~ S~^T / m)   (DJSRH's high-order term)
 
 - "the objective reconstructs that affinity in the codes": DJSRH's three-pairing reconstruction
-  (``methods.djsrh.djsrh_loss``) plus the autoencoders' reconstruction of the fused features,
+  (``network.affinity_reconstruction_loss``) plus the autoencoders' reconstruction of the fused features,
 
       L = lambda1 MSE(B_I B_I^T, S) + MSE(B_I B_T^T, S) + lambda2 MSE(B_T B_T^T, S)
           + gamma (||dec_I(b_I) - F_F||^2 + ||dec_T(b_T) - F_F||^2) / m
@@ -25,8 +25,7 @@ from __future__ import annotations
 
 import math
 
-from cmhash.methods.djsrh import djsrh_loss
-from cmhash.methods.network import NetworkHash, mlp
+from cmhash.methods.network import NetworkHash, affinity_reconstruction_loss, mlp
 
 
 def fused_affinity(image_features, text_features, a: float, b: float, c: float, eta: float, mu: float):
@@ -81,4 +80,4 @@ class CFRH(NetworkHash):
         codes_text = torch.tanh(alpha * self.nets["text"](batch.texts))
         reconstruction = (reconstruction_loss(self.nets["image_decoder"](codes_image), target)
                           + reconstruction_loss(self.nets["text_decoder"](codes_text), target))
-        return djsrh_loss(codes_image, codes_text, affinity, self.lambda1, self.lambda2) + self.gamma * reconstruction
+        return affinity_reconstruction_loss(codes_image, codes_text, affinity, self.lambda1, self.lambda2) + self.gamma * reconstruction

@@ -24,8 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cmhash.methods.dcmht import label_similarity
-from cmhash.methods.network import NetworkHash
+from cmhash.methods.network import NetworkHash, label_similarity
 
 
 class FusionNet(nn.Module):

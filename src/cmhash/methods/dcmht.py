@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import math
 
-from cmhash.methods.network import NetworkHash
+from cmhash.methods.network import NetworkHash, label_similarity
 
 
 def select_hash_layer(in_dim: int, bits: int, hidden: int = 128):
@@ -42,11 +42,6 @@ def select_hash_layer(in_dim: int, bits: int, hidden: int = 128):
 def bit_probabilities(logits, bits: int):
     """(n, 2K) head outputs -> (n, K, 2) per-bit probabilities."""
     return logits.view(-1, bits, 2).softmax(dim=-1)
-
-
-def label_similarity(labels_a, labels_b):
-    """S_ij = 1 where items share at least one label, else 0 (float tensor)."""
-    return ((labels_a @ labels_b.T) > 0).float()
 
 
 def margin_loss(probs_a, probs_b, similarity, margin: float):

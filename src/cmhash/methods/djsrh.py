@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 
-from cmhash.methods.network import NetworkHash, mlp
+from cmhash.methods.network import NetworkHash, affinity_reconstruction_loss, mlp
 
 
 def joint_semantic_affinity(image_features, text_features, beta: float, eta: float, mu: float):
@@ -33,18 +33,6 @@ def joint_semantic_affinity(image_features, text_features, beta: float, eta: flo
     joint = beta * s_image + (1 - beta) * s_text
     m = joint.shape[0]
     return mu * ((1 - eta) * joint + eta * (joint @ joint.T) / m)
-
-
-def djsrh_loss(image_codes, text_codes, affinity, lambda1: float, lambda2: float):
-    """DJSRH's reconstruction loss of ``affinity`` by the relaxed codes (rows are normalised here)."""
-    import torch.nn.functional as F
-
-    bi, bt = F.normalize(image_codes, dim=1), F.normalize(text_codes, dim=1)
-    return (
-        lambda1 * F.mse_loss(bi @ bi.T, affinity)
-        + F.mse_loss(bi @ bt.T, affinity)
-        + lambda2 * F.mse_loss(bt @ bt.T, affinity)
-    )
 
 
 class DJSRH(NetworkHash):
@@ -88,4 +76,4 @@ class DJSRH(NetworkHash):
         affinity = joint_semantic_affinity(batch.images, batch.texts, self.beta, self.eta, self.mu)
         codes_image = torch.tanh(alpha * self.nets["image"](batch.images))
         codes_text = torch.tanh(alpha * self.nets["text"](batch.texts))
-        return djsrh_loss(codes_image, codes_text, affinity, self.lambda1, self.lambda2)
+        return affinity_reconstruction_loss(codes_image, codes_text, affinity, self.lambda1, self.lambda2)

@@ -11,18 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from cmhash.errors import CmhashError
-from cmhash.methods.projection import LinearProjectionHash
-
-
-def itq_rotation(projected: np.ndarray, iterations: int, rng: np.random.Generator) -> np.ndarray:
-    """The (bits, bits) orthogonal rotation R minimising ``||sign(V R) - V R||_F^2`` for centred V."""
-    bits = projected.shape[1]
-    rotation, _ = np.linalg.qr(rng.standard_normal((bits, bits)))
-    for _ in range(iterations):
-        codes = np.where(projected @ rotation >= 0, 1.0, -1.0)
-        u, _, wt = np.linalg.svd(projected.T @ codes)
-        rotation = u @ wt
-    return rotation
+from cmhash.methods.projection import LinearProjectionHash, itq_rotation
 
 
 def fit_itq(features: np.ndarray, bits: int, iterations: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:

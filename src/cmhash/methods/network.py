@@ -42,6 +42,25 @@ def mlp(in_dim: int, hidden: int, out_dim: int) -> nn.Sequential:
     return nn.Sequential(nn.Linear(in_dim, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, out_dim))
 
 
+def label_similarity(labels_a, labels_b):
+    """S_ij = 1 where items share at least one label, else 0 (float tensor)."""
+    return ((labels_a @ labels_b.T) > 0).float()
+
+
+def affinity_reconstruction_loss(image_codes, text_codes, affinity, lambda1: float, lambda2: float):
+    """DJSRH's reconstruction of ``affinity`` by the relaxed codes in three pairings (rows are
+    normalised here): ``lambda1 MSE(B_I B_I^T, S) + MSE(B_I B_T^T, S) + lambda2 MSE(B_T B_T^T, S)``.
+    Used by DJSRH and CFRH."""
+    import torch.nn.functional as F
+
+    bi, bt = F.normalize(image_codes, dim=1), F.normalize(text_codes, dim=1)
+    return (
+        lambda1 * F.mse_loss(bi @ bi.T, affinity)
+        + F.mse_loss(bi @ bt.T, affinity)
+        + lambda2 * F.mse_loss(bt @ bt.T, affinity)
+    )
+
+
 class Standardize(nn.Module):
     """A first layer ``(x - mean) / std``. The statistics come from the training split (``fit``) and
     are buffers, so they are saved and loaded with the model."""

@@ -1,4 +1,5 @@
-"""Shared shape of the linear baselines: ``codes = sign((x - centre) @ projection)`` per modality."""
+"""Shared parts of the linear baselines: ``codes = sign((x - centre) @ projection)`` per modality,
+and ITQ's rotation step (used by ITQ and CCA-ITQ)."""
 
 from __future__ import annotations
 
@@ -28,3 +29,14 @@ class LinearProjectionHash:
     def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
         for key in _STATE_KEYS:
             setattr(self, key, np.asarray(state[key]))
+
+
+def itq_rotation(projected: np.ndarray, iterations: int, rng: np.random.Generator) -> np.ndarray:
+    """The (bits, bits) orthogonal rotation R minimising ``||sign(V R) - V R||_F^2`` for centred V."""
+    bits = projected.shape[1]
+    rotation, _ = np.linalg.qr(rng.standard_normal((bits, bits)))
+    for _ in range(iterations):
+        codes = np.where(projected @ rotation >= 0, 1.0, -1.0)
+        u, _, wt = np.linalg.svd(projected.T @ codes)
+        rotation = u @ wt
+    return rotation
