@@ -27,6 +27,7 @@ TINY = {"hidden": 16, "epochs": 3, "batch_size": 8}
 SMOKE = [
     ("lsh", {}), ("itq", {"iterations": 5}), ("cca_itq", {"iterations": 5}),
     ("djsrh", TINY), ("jdsh", TINY), ("cfrh", TINY),
+    ("ucmfh", {"width": 8, "heads": 2, "feedforward": 16, "hidden": 16, "epochs": 2, "batch_size": 8}),
     ("dcmht", {"hidden": 16, "epochs": 3, "batch_size": 8}), ("mesdch", TINY),
     ("clipmh", {"width": 16, "epochs": 3, "batch_size": 8}),
 ]
@@ -230,3 +231,24 @@ def test_each_method_lives_in_its_own_module_and_imports_no_other_method():
         tree = ast.parse((folder / f"{name}.py").read_text())
         imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module}
         assert not imported & {f"cmhash.methods.{other}" for other in METHODS}, name
+
+
+def test_ucmfh_nt_xent_by_hand_and_codes_do_not_depend_on_the_batch():
+    from cmhash.methods.ucmfh import nt_xent
+
+    a, b = np.array([[1.0, 0.0], [0.6, 0.8]]), np.array([[0.8, 0.6], [0.0, 1.0]])
+    views = _rownorm(np.vstack([a, b]))
+    sim = views @ views.T / 0.5
+    losses = []
+    for i, partner in enumerate([2, 3, 0, 1]):
+        others = [j for j in range(4) if j != i]
+        losses.append(-sim[i, partner] + np.log(np.sum(np.exp(sim[i, others]))))
+    assert nt_xent(_t(a), _t(b), 0.5).item() == pytest.approx(np.mean(losses), rel=1e-5)
+
+    # the public code's flaw, fixed: an item's code is the same alone and inside any batch
+    image, text = _features()
+    settings = {"width": 8, "heads": 2, "feedforward": 16, "hidden": 16, "epochs": 2, "batch_size": 8}
+    method = build_method("ucmfh", 8, settings, device="cpu").fit(image, text)
+    whole = method.encode_images(image)
+    assert np.array_equal(np.vstack([method.encode_images(image[i:i + 1]) for i in range(5)]), whole[:5])
+    assert np.array_equal(method.encode_texts(text[7:9]), method.encode_texts(text)[7:9])

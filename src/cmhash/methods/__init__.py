@@ -36,6 +36,7 @@ METHODS: dict[str, str] = {
     "djsrh": "cmhash.methods.djsrh:DJSRH",
     "jdsh": "cmhash.methods.jdsh:JDSH",
     "cfrh": "cmhash.methods.cfrh:CFRH",
+    "ucmfh": "cmhash.methods.ucmfh:UCMFH",
     # supervised
     "dcmht": "cmhash.methods.dcmht:DCMHT",
     "mesdch": "cmhash.methods.mesdch:MESDCH",
