@@ -10,10 +10,10 @@ Every method is a class ``Method(bits, seed=0, device="auto", **settings)`` with
 
 ``settings`` are the method's entry under ``methods.<name>`` in params.yaml. ``aligned`` says whether
 the two feature spaces are one space (CLIP); baselines use it to share one projection.
-Adding a method is one new module plus one line in :data:`METHODS`. A method module imports only
-the shared modules (this package, ``network``, ``projection``), never another method's module:
-dvc.yaml makes each train stage depend on exactly those files, so editing one method reruns one
-method.
+Adding a method is one new module plus one line in ``registry.METHODS``. A method module imports
+only the shared modules (this package, ``network``, ``projection``), never another method's module:
+dvc.yaml makes each train stage depend on exactly those files (not on the registry), so adding or
+editing one method reruns that method only.
 """
 
 from __future__ import annotations
@@ -26,23 +26,8 @@ from typing import Any, Protocol
 import numpy as np
 
 from cmhash.errors import CmhashError
+from cmhash.methods.registry import METHODS
 
-METHODS: dict[str, str] = {
-    # baselines
-    "lsh": "cmhash.methods.lsh:LSH",
-    "itq": "cmhash.methods.itq:ITQ",
-    "cca_itq": "cmhash.methods.cca_itq:CCAITQ",
-    # unsupervised, on frozen features
-    "djsrh": "cmhash.methods.djsrh:DJSRH",
-    "jdsh": "cmhash.methods.jdsh:JDSH",
-    "cfrh": "cmhash.methods.cfrh:CFRH",
-    "ucmfh": "cmhash.methods.ucmfh:UCMFH",
-    # supervised
-    "dcmht": "cmhash.methods.dcmht:DCMHT",
-    "mesdch": "cmhash.methods.mesdch:MESDCH",
-    # supervised, fused (one code per image-text pair)
-    "clipmh": "cmhash.methods.clipmh:CLIPMH",
-}
 
 
 class HashingMethod(Protocol):
