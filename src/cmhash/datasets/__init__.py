@@ -52,8 +52,42 @@ def prepare_builtin(dataset: dict[str, Any], out_path: Path, progress: bool = Tr
     )
 
 
-BUILDERS: dict[str, Builder] = {"builtin": prepare_builtin}
-EXPECTED_SIZES: dict[str, Callable[[dict[str, Any]], dict[str, int]]] = {"builtin": builtin_expected_sizes}
+def split_sizes(dataset: dict[str, Any]) -> dict[str, int]:
+    """The explicit ``dataset.split`` sizes ({query: n, train: n}) of a source with no default."""
+    split = dataset.get("split") or {}
+    if not isinstance(split, dict) or not {"query", "train"} <= set(split):
+        raise CmhashError(f"params.yaml: dataset.split must give query and train sizes for dataset {dataset.get('name')!r}, "
+                          f"e.g. split: {{query: 100, train: 500}}; got {split!r}.")
+    return {"query": int(split["query"]), "train": int(split["train"])}
+
+
+def prepare_byo(dataset: dict[str, Any], out_path: Path, progress: bool = True) -> None:
+    """Convert a bring-your-own folder (see :mod:`cmhash.datasets.byo`)."""
+    from cmhash.datasets.byo import check_images_decode, labels_matrix, read_pairs
+
+    if not dataset.get("root"):
+        raise CmhashError("params.yaml: dataset.root must name the folder with your images and pairs file for dataset byo.")
+    sizes = split_sizes(dataset)  # parameters first: fail before reading the folder
+    root = Path(dataset["root"]).expanduser().resolve()
+    pairs = read_pairs(root)
+    check_images_decode(root, pairs, progress)
+    labels, names = labels_matrix(pairs)
+    write_prepared(
+        out_path,
+        labels=labels,
+        label_names=names,
+        texts=[text for pair in pairs for text in pair.texts],
+        text_item=np.repeat(np.arange(len(pairs)), [len(pair.texts) for pair in pairs]),
+        image_paths=[pair.image for pair in pairs],
+        image_root=str(root),
+        splits=random_split(len(pairs), sizes["query"], sizes["train"], int(dataset.get("seed", 0))),
+        source="byo",
+        params=dataset,
+    )
+
+
+BUILDERS: dict[str, Builder] = {"builtin": prepare_builtin, "byo": prepare_byo}
+EXPECTED_SIZES: dict[str, Callable[[dict[str, Any]], dict[str, int]]] = {"builtin": builtin_expected_sizes, "byo": split_sizes}
 
 
 def expected_sizes(dataset: dict[str, Any]) -> dict[str, int]:

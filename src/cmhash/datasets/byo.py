@@ -1,0 +1,124 @@
+"""Your own data ("bring your own", ``dataset.name: byo``): a folder of images and a pairs file.
+
+``dataset.root`` holds the images (any sub-folders) and exactly one of:
+
+- ``pairs.jsonl``: one JSON object per line,
+  ``{"image": "relative/path.jpg", "text": "a caption", "labels": ["dog", "beach"]}``;
+  ``text`` may also be a list of captions of the same image;
+- ``pairs.csv``: a header ``image,text,labels`` and one row per pair, labels separated by ``|``.
+
+Each line is one item. The label vocabulary is the sorted set of label names. The converter is
+strict, because a silently dropped pair changes every number downstream: a malformed line, an image
+that is missing, outside the root or cannot be decoded, an empty caption or a pair without labels
+stops the stage with the file, the line and the fix. Nothing is skipped. Images are not copied: the
+prepared file stores their paths relative to the root.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cmhash.errors import CmhashError
+
+PAIRS_FILES = ("pairs.jsonl", "pairs.csv")
+CSV_COLUMNS = ("image", "text", "labels")
+
+
+@dataclass(frozen=True)
+class Pair:
+    image: str
+    texts: list[str]
+    labels: list[str]
+    where: str  # "file:line", for error messages
+
+
+def _check_pair(root: Path, image: Any, texts: Any, labels: Any, where: str) -> Pair:
+    if not isinstance(image, str) or not image.strip():
+        raise CmhashError(f"{where}: 'image' must be a path relative to {root}, got {image!r}.")
+    path = (root / image).resolve()
+    if Path(image).is_absolute() or not path.is_relative_to(root.resolve()):
+        raise CmhashError(f"{where}: image {image!r} is outside dataset.root {root}; give a path relative to the root.")
+    if not path.is_file():
+        raise CmhashError(f"{where}: image {image!r} does not exist under {root}; fix the path or add the file.")
+    texts = [texts] if isinstance(texts, str) else texts
+    if not isinstance(texts, list) or not texts or not all(isinstance(t, str) and t.strip() for t in texts):
+        raise CmhashError(f"{where}: 'text' must be a non-empty caption or a list of non-empty captions, got {texts!r}.")
+    if not isinstance(labels, list) or not all(isinstance(label, str) and label.strip() for label in labels):
+        raise CmhashError(f"{where}: 'labels' must be a list of label names, got {labels!r}.")
+    if not labels:
+        raise CmhashError(f"{where}: the pair has no label; relevance is defined by shared labels, so every pair "
+                          "needs at least one (remove the pair or label it).")
+    return Pair(image, [t.strip() for t in texts], sorted({label.strip() for label in labels}), where)
+
+
+def _read_jsonl(root: Path, path: Path) -> list[Pair]:
+    pairs = []
+    with path.open(encoding="utf-8") as lines:
+        for number, line in enumerate(lines, start=1):
+            if not line.strip():
+                continue
+            where = f"{path}:{number}"
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise CmhashError(f"{where}: not valid JSON ({err.msg}); each line must be one JSON object.") from None
+            if not isinstance(record, dict):
+                raise CmhashError(f"{where}: each line must be a JSON object with image, text and labels.")
+            pairs.append(_check_pair(root, record.get("image"), record.get("text"), record.get("labels"), where))
+    return pairs
+
+
+def _read_csv(root: Path, path: Path) -> list[Pair]:
+    pairs = []
+    with path.open(encoding="utf-8", newline="") as handle:
+        reader = csv.DictReader(handle)
+        if reader.fieldnames is None or set(CSV_COLUMNS) - set(reader.fieldnames):
+            raise CmhashError(f"{path}: the header must name the columns {','.join(CSV_COLUMNS)}, got {reader.fieldnames}.")
+        for row in reader:
+            labels = [label for label in (row["labels"] or "").split("|") if label.strip()]
+            pairs.append(_check_pair(root, row["image"], row["text"] or "", labels, f"{path}:{reader.line_num}"))
+    return pairs
+
+
+def read_pairs(root: Path) -> list[Pair]:
+    """The pairs of a BYO folder, checked (see the module docstring)."""
+    if not root.is_dir():
+        raise CmhashError(f"dataset.root {root} is not a folder; set dataset.root to the folder with your images and pairs file.")
+    found = [root / name for name in PAIRS_FILES if (root / name).is_file()]
+    if len(found) != 1:
+        problem = "has both" if found else "has neither"
+        raise CmhashError(f"{root} {problem} of {' and '.join(PAIRS_FILES)}; put exactly one pairs file there "
+                          "(format: docs/data-format.md).")
+    pairs = _read_jsonl(root, found[0]) if found[0].suffix == ".jsonl" else _read_csv(root, found[0])
+    if not pairs:
+        raise CmhashError(f"{found[0]} has no pairs.")
+    return pairs
+
+
+def check_images_decode(root: Path, pairs: list[Pair], progress: bool) -> None:
+    """Open every image once, so an undecodable file stops prepare rather than encode."""
+    from PIL import Image, UnidentifiedImageError
+    from tqdm import tqdm
+
+    for pair in tqdm(pairs, desc="checking images", unit="image", disable=not progress):
+        try:
+            with Image.open(root / pair.image) as img:
+                img.verify()
+        except (UnidentifiedImageError, OSError) as err:
+            raise CmhashError(f"{pair.where}: image {pair.image!r} cannot be decoded ({err}); replace or remove it.") from None
+
+
+def labels_matrix(pairs: list[Pair]) -> tuple[np.ndarray, list[str]]:
+    """(N, C) multi-hot labels and the sorted label names."""
+    names = sorted({label for pair in pairs for label in pair.labels})
+    column = {name: i for i, name in enumerate(names)}
+    labels = np.zeros((len(pairs), len(names)), dtype=np.uint8)
+    for row, pair in enumerate(pairs):
+        labels[row, [column[label] for label in pair.labels]] = 1
+    return labels, names
