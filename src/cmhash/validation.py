@@ -85,7 +85,8 @@ def _image_columns(data: PreparedData, chunk: int = 256) -> tuple[list[str], lis
 
 
 def build_checks(data: PreparedData, expected: dict[str, int]) -> list[TableCheck]:
-    """The tables and expectations for one prepared file; ``expected`` holds items/query/retrieval/train sizes."""
+    """The tables and expectations for one prepared file; ``expected`` holds items/query/retrieval/train
+    sizes and, for sources that define it, the number of labels."""
     import great_expectations.expectations as gxe
 
     n = data.n_items
@@ -123,9 +124,10 @@ def build_checks(data: PreparedData, expected: dict[str, int]) -> list[TableChec
     train = data.splits.get("train", np.array([], dtype=np.int64))
     train = train[(train >= 0) & (train < n)]
     label_frame = pd.DataFrame({"label": data.label_names, "train_count": (data.labels[train] > 0).sum(axis=0)})
-    checks.append(TableCheck("labels", label_frame, "label", [
-        gxe.ExpectColumnValuesToBeBetween(column="train_count", min_value=1, description="every label occurs in the train split"),
-    ]))
+    label_checks = [gxe.ExpectColumnValuesToBeBetween(column="train_count", min_value=1, description="every label occurs in the train split")]
+    if "labels" in expected:  # the source defines its label set
+        label_checks.append(gxe.ExpectTableRowCountToEqual(value=int(expected["labels"]), description=f"the dataset has {expected['labels']} labels"))
+    checks.append(TableCheck("labels", label_frame, "label", label_checks))
     return checks
 
 

@@ -61,14 +61,18 @@ def split_sizes(dataset: dict[str, Any]) -> dict[str, int]:
     return {"query": int(split["query"]), "train": int(split["train"])}
 
 
+def _source_root(dataset: dict[str, Any]) -> Path:
+    if not dataset.get("root"):
+        raise CmhashError(f"params.yaml: dataset.root must name the folder with the {dataset.get('name')} files.")
+    return Path(dataset["root"]).expanduser().resolve()
+
+
 def prepare_byo(dataset: dict[str, Any], out_path: Path, progress: bool = True) -> None:
     """Convert a bring-your-own folder (see :mod:`cmhash.datasets.byo`)."""
     from cmhash.datasets.byo import check_images_decode, labels_matrix, read_pairs
 
-    if not dataset.get("root"):
-        raise CmhashError("params.yaml: dataset.root must name the folder with your images and pairs file for dataset byo.")
     sizes = split_sizes(dataset)  # parameters first: fail before reading the folder
-    root = Path(dataset["root"]).expanduser().resolve()
+    root = _source_root(dataset)
     pairs = read_pairs(root)
     check_images_decode(root, pairs, progress)
     labels, names = labels_matrix(pairs)
@@ -86,8 +90,40 @@ def prepare_byo(dataset: dict[str, Any], out_path: Path, progress: bool = True) 
     )
 
 
-BUILDERS: dict[str, Builder] = {"builtin": prepare_builtin, "byo": prepare_byo}
-EXPECTED_SIZES: dict[str, Callable[[dict[str, Any]], dict[str, int]]] = {"builtin": builtin_expected_sizes, "byo": split_sizes}
+def prepare_mirflickr25k(dataset: dict[str, Any], out_path: Path, progress: bool = True) -> None:
+    """Convert the raw MIRFlickr-25K release (see :mod:`cmhash.datasets.mirflickr`)."""
+    from cmhash.datasets.mirflickr import IMAGES, build_mirflickr
+
+    sizes = split_sizes(dataset)
+    root = _source_root(dataset)
+    min_tag_count = int((dataset.get("mirflickr25k") or {}).get("min_tag_count", 20))
+    data = build_mirflickr(root, min_tag_count, progress)
+    n = len(data["numbers"])
+    write_prepared(
+        out_path,
+        labels=data["labels"],
+        label_names=data["label_names"],
+        texts=data["texts"],
+        text_item=np.arange(n),
+        image_paths=[f"{IMAGES}/im{number}.jpg" for number in data["numbers"]],
+        image_root=str(root),
+        bag_of_words=data["bow"],
+        vocabulary=data["vocabulary"],
+        splits=random_split(n, sizes["query"], sizes["train"], int(dataset.get("seed", 0))),
+        source="mirflickr25k",
+        params=dataset,
+    )
+
+
+def mirflickr25k_expected(dataset: dict[str, Any]) -> dict[str, int]:
+    from cmhash.datasets.mirflickr import N_CONCEPTS
+
+    return {**split_sizes(dataset), "labels": N_CONCEPTS}
+
+
+BUILDERS: dict[str, Builder] = {"builtin": prepare_builtin, "byo": prepare_byo, "mirflickr25k": prepare_mirflickr25k}
+EXPECTED_SIZES: dict[str, Callable[[dict[str, Any]], dict[str, int]]] = {
+    "builtin": builtin_expected_sizes, "byo": split_sizes, "mirflickr25k": mirflickr25k_expected}
 
 
 def expected_sizes(dataset: dict[str, Any]) -> dict[str, int]:

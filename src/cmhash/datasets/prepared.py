@@ -7,6 +7,8 @@ Layout (format version 1; documented in docs/data-format.md):
 - ``text_item``     (M,) int64, the item each text belongs to (non-decreasing)
 - ``images``        (N, H, W, 3) uint8 pixels, or
 - ``image_paths``   (N,) UTF-8 paths relative to the ``image_root`` attribute
+- ``bag_of_words``  (N, V) uint8, optional: the text as a bag of words over the ``vocabulary``
+  attribute (sources whose text is tags, such as MIRFlickr-25K)
 - ``splits/query``, ``splits/retrieval``, ``splits/train``  int64 item indices
 - attributes: ``label_names``, ``source``, ``params`` (JSON of the settings that made the file),
   ``cmhash_version``, ``format_version``, and ``image_root`` when paths are stored.
@@ -44,6 +46,8 @@ def write_prepared(
     images: np.ndarray | None = None,
     image_paths: Sequence[str] | None = None,
     image_root: str | None = None,
+    bag_of_words: np.ndarray | None = None,
+    vocabulary: Sequence[str] | None = None,
 ) -> None:
     """Write a prepared dataset atomically. Exactly one of ``images`` / ``image_paths`` is given."""
     if (images is None) == (image_paths is None):
@@ -64,6 +68,9 @@ def write_prepared(
         else:
             f.create_dataset("image_paths", data=np.array(list(image_paths), dtype=object), dtype=_STR)
             f.attrs["image_root"] = str(image_root or "")
+        if bag_of_words is not None:
+            f.create_dataset("bag_of_words", data=np.asarray(bag_of_words, dtype=np.uint8), compression="gzip")
+            f.attrs["vocabulary"] = np.array(list(vocabulary), dtype=object).astype(_STR)
         group = f.create_group("splits")
         for name in SPLIT_NAMES:
             group.create_dataset(name, data=np.asarray(splits[name], dtype=np.int64))
@@ -123,6 +130,13 @@ class PreparedData:
     @property
     def image_paths(self) -> list[str]:
         return [_as_str(p) for p in self._file["image_paths"][()]]
+
+    @property
+    def bag_of_words(self) -> tuple[np.ndarray, list[str]] | None:
+        """(N, V) bag-of-words rows and the vocabulary, for sources that store them, else None."""
+        if "bag_of_words" not in self._file:
+            return None
+        return self._file["bag_of_words"][()], [_as_str(w) for w in self._file.attrs["vocabulary"]]
 
     def texts_by_item(self) -> list[list[str]]:
         """The captions of each item, in item order."""
