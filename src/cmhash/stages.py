@@ -83,9 +83,10 @@ def evaluate(params: dict[str, Any], layout: Layout, method: str, bits: int, pro
     from cmhash.codes import read_codes
     from cmhash.datasets.prepared import PreparedData
     from cmhash.metrics import evaluate_retrieval
+    from cmhash.metrics.report import DEFAULT_MAP_KS
 
     settings = params["evaluate"]
-    map_ks = [int(k) for k in settings.get("map_ks", [50, 1000])]
+    map_ks = [int(k) for k in settings.get("map_ks", DEFAULT_MAP_KS)]
     top_r = [int(r) for r in settings.get("top_r", [1, 10, 50, 100, 500, 1000])]
     codes = read_codes(layout.model_dir(method, bits) / "codes.h5")
     with PreparedData(layout.prepared(params["dataset"]["name"])) as data:

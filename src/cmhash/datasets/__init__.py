@@ -36,9 +36,8 @@ def prepare_builtin(dataset: dict[str, Any], out_path: Path, progress: bool = Tr
     image_size = int((dataset.get("builtin") or {}).get("image_size", 96))
     if image_size < 64:
         raise CmhashError(f"params.yaml: dataset.builtin.image_size is {image_size}; it must be at least 64.")
-    seed = int(dataset.get("seed", 0))
-    splits = random_split(size, sizes["query"], sizes["train"], seed)
-    data = generate_builtin(size, image_size, seed, progress=progress)
+    splits = seeded_split(dataset, size, sizes)
+    data = generate_builtin(size, image_size, int(dataset.get("seed", 0)), progress=progress)
     write_prepared(
         out_path,
         labels=data["labels"],
@@ -59,6 +58,11 @@ def split_sizes(dataset: dict[str, Any]) -> dict[str, int]:
         raise CmhashError(f"params.yaml: dataset.split must give query and train sizes for dataset {dataset.get('name')!r}, "
                           f"e.g. split: {{query: 100, train: 500}}; got {split!r}.")
     return {"query": int(split["query"]), "train": int(split["train"])}
+
+
+def seeded_split(dataset: dict[str, Any], n_items: int, sizes: dict[str, int]) -> dict[str, np.ndarray]:
+    """The query/retrieval/train split of ``n_items`` with ``sizes``, seeded by ``dataset.seed``."""
+    return random_split(n_items, sizes["query"], sizes["train"], int(dataset.get("seed", 0)))
 
 
 def _source_root(dataset: dict[str, Any]) -> Path:
@@ -84,7 +88,7 @@ def prepare_byo(dataset: dict[str, Any], out_path: Path, progress: bool = True) 
         text_item=np.repeat(np.arange(len(pairs)), [len(pair.texts) for pair in pairs]),
         image_paths=[pair.image for pair in pairs],
         image_root=str(root),
-        splits=random_split(len(pairs), sizes["query"], sizes["train"], int(dataset.get("seed", 0))),
+        splits=seeded_split(dataset, len(pairs), sizes),
         source="byo",
         params=dataset,
     )
@@ -109,7 +113,7 @@ def prepare_mirflickr25k(dataset: dict[str, Any], out_path: Path, progress: bool
         image_root=str(root),
         bag_of_words=data["bow"],
         vocabulary=data["vocabulary"],
-        splits=random_split(n, sizes["query"], sizes["train"], int(dataset.get("seed", 0))),
+        splits=seeded_split(dataset, n, sizes),
         source="mirflickr25k",
         params=dataset,
     )

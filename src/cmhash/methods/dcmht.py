@@ -86,10 +86,12 @@ class DCMHT(NetworkHash):
             loss = loss + self.quantization * (quantization_loss(image) + quantization_loss(text))
         return loss
 
-    def image_output(self, images):
-        probs = bit_probabilities(self.nets["image"](images), self.bits)
+    def _bit_margin(self, logits):
+        probs = bit_probabilities(logits, self.bits)
         return probs[..., 1] - probs[..., 0]  # > 0 exactly when the argmax is index 1 (bit +1)
 
+    def image_output(self, images):
+        return self._bit_margin(self.nets["image"](images))
+
     def text_output(self, texts):
-        probs = bit_probabilities(self.nets["text"](texts), self.bits)
-        return probs[..., 1] - probs[..., 0]
+        return self._bit_margin(self.nets["text"](texts))

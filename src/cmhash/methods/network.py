@@ -6,7 +6,7 @@ A deep method subclasses :class:`NetworkHash` and supplies four things: its netw
 outputs whose signs are the codes (``image_output`` / ``text_output``, or ``pair_output`` for fused
 codes). The loop here does the rest the same way for
 every method: a seeded shuffle per epoch, a fixed number of epochs (no model selection, so nothing
-is ever chosen on the query set), optional gradient clipping, progress bars, the loss history,
+is ever chosen on the query set), progress bars, the loss history,
 encoding in chunks, and saving/loading.
 """
 
@@ -29,9 +29,8 @@ ENCODE_CHUNK = 4096
 
 @dataclass
 class Batch:
-    """One minibatch: positions in the training set, both modalities' features and (if any) labels."""
+    """One minibatch: both modalities' features and (if any) labels."""
 
-    index: Any
     images: Any
     texts: Any
     labels: Any = None
@@ -83,7 +82,6 @@ class NetworkHash:
 
     supervised = False  # True: fit needs the training labels
     fused = False  # True: one code per image-text pair (encode_pairs) instead of one per modality
-    grad_clip: float | None = None
 
     def __init__(self, bits: int, seed: int, device: str, epochs: int, batch_size: int, progress: bool):
         self.bits, self.seed, self.device = int(bits), int(seed), resolve_device(device)
@@ -112,12 +110,6 @@ class NetworkHash:
     def pair_output(self, images, texts):
         raise NotImplementedError
 
-    def start_epoch(self, epoch: int, images, texts, labels) -> None:
-        """Called before each epoch with the whole training set (e.g. to refresh code buffers)."""
-
-    def after_step(self) -> None:
-        """Called after every optimiser step (e.g. to advance a learning-rate schedule)."""
-
     # ---- the shared machinery
     def _build(self, dims: dict[str, int]) -> None:
         torch.manual_seed(self.seed)
@@ -133,28 +125,23 @@ class NetworkHash:
         images, texts = as_tensor(image_features), as_tensor(text_features)
         label_tensor = None if labels is None else as_tensor(labels)
         self.fit_standardizers(images, texts)
-        self.optimizers = self.make_optimizers()
-        self.total_steps = self.epochs * -(-len(images) // self.batch_size)
+        optimizers = self.make_optimizers()
         generator = torch.Generator().manual_seed(self.seed)
         self.nets.train()
         for epoch in tqdm(range(self.epochs), desc=f"{type(self).__name__} {self.bits} bits", unit="epoch", disable=not self.progress):
-            self.start_epoch(epoch, images, texts, label_tensor)
             order = torch.randperm(len(images), generator=generator).to(self.device)
             total, batches = 0.0, 0
             for start in range(0, len(images), self.batch_size):
                 index = order[start:start + self.batch_size]
                 if len(index) < 2:  # similarities within a batch need at least two items
                     continue
-                batch = Batch(index, images[index], texts[index], None if label_tensor is None else label_tensor[index])
+                batch = Batch(images[index], texts[index], None if label_tensor is None else label_tensor[index])
                 loss = self.batch_loss(batch, epoch)
-                for optimizer in self.optimizers:
+                for optimizer in optimizers:
                     optimizer.zero_grad()
                 loss.backward()
-                if self.grad_clip is not None:
-                    torch.nn.utils.clip_grad_norm_(self.nets.parameters(), self.grad_clip)
-                for optimizer in self.optimizers:
+                for optimizer in optimizers:
                     optimizer.step()
-                self.after_step()
                 total, batches = total + loss.item(), batches + 1
             self.history.append(total / max(batches, 1))
         return self

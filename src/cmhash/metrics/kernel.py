@@ -196,12 +196,13 @@ def _scan(query_codes, retrieval_codes, query_labels, retrieval_labels, bits, ks
 
 
 def scan_rankings(query_words: np.ndarray, retrieval_words: np.ndarray, query_label_words: np.ndarray,
-                  retrieval_label_words: np.ndarray, bits: int, ks=(), r_values=(), by_index: bool = True,
+                  retrieval_label_words: np.ndarray, bits: int, ks, r_values, by_index: bool = True,
                   n_threads: int | None = None) -> RankStatistics:
     """Rank statistics of every query against the retrieval set (packed words, see ``packing``).
 
-    ``ks``: ranking depths (values >= n mean the whole list); ``r_values``: the R of precision@R.
-    Both must be sorted ascending. ``by_index=False`` computes only the per-distance counts.
+    ``ks``: ranking depths, ``r_values``: the R of precision@R; both int64, ascending, at most n and
+    ``ks`` not empty (``RetrievalProblem.statistics`` prepares them). ``by_index=False`` computes only
+    the per-distance counts.
     """
     import numba
 
@@ -209,10 +210,7 @@ def scan_rankings(query_words: np.ndarray, retrieval_words: np.ndarray, query_la
     if bits > MAX_BITS or n > MAX_RETRIEVAL:
         raise ValueError(f"the ranking kernel handles codes of up to {MAX_BITS} bits and retrieval sets of up to "
                          f"{MAX_RETRIEVAL:,} items (got {bits} bits, {n:,} items); evaluate on a subset")
-    ks = np.minimum(np.asarray(ks if len(ks) else [n], dtype=np.int64), n)
-    r_values = np.minimum(np.asarray(r_values, dtype=np.int64), n)
-    if (np.diff(ks) < 0).any() or (np.diff(r_values) < 0).any():
-        raise ValueError("ks and r_values must be sorted ascending")
+    ks, r_values = np.asarray(ks, dtype=np.int64), np.asarray(r_values, dtype=np.int64)
     threads = n_threads or numba.get_num_threads()
     arrays = _scan(np.ascontiguousarray(query_words), np.ascontiguousarray(retrieval_words),
                    np.ascontiguousarray(query_label_words), np.ascontiguousarray(retrieval_label_words),

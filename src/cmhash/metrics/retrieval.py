@@ -67,18 +67,22 @@ class RetrievalProblem:
     def statistics(self, ks=(), r_values=(), by_index: bool = True, progress: bool = False,
                    device: str = "cpu") -> RankStatistics:
         """Rank statistics of all queries: on the CPU with the ranking kernel, in chunks of queries
-        (one progress step each); on any other device ("cuda", or "auto" with a GPU) with torch."""
+        (one progress step each); on any other device ("cuda", or "auto" with a GPU) with torch.
+        ``ks`` (default: the whole list) and ``r_values`` must be ascending; both are clipped to n."""
         from tqdm import tqdm
 
-        if device != "cpu":
-            from cmhash.device import resolve_device
+        from cmhash.device import resolve_device
 
-            device = resolve_device(device)
-        if device != "cpu":
+        n = len(self.retrieval)
+        ks = np.minimum(np.asarray(ks if len(ks) else [n], dtype=np.int64), n)
+        r_values = np.minimum(np.asarray(r_values, dtype=np.int64), n)
+        if (np.diff(ks) < 0).any() or (np.diff(r_values) < 0).any():
+            raise ValueError("ks and r_values must be sorted ascending")
+        if device != "cpu" and resolve_device(device) != "cpu":
             from cmhash.metrics.torch_kernel import scan_rankings_torch
 
             return scan_rankings_torch(self.query.words, self.retrieval.words, self.query_labels,
-                                       self.retrieval_labels, self.query.bits, ks, r_values, by_index, device)
+                                       self.retrieval_labels, self.query.bits, ks, r_values, by_index, resolve_device(device))
 
         parts = []
         starts = range(0, len(self.query), QUERY_CHUNK)

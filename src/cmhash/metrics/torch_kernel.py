@@ -26,12 +26,12 @@ def _unpack(words: np.ndarray, device, dtype):
 
 def scan_rankings_torch(query_words, retrieval_words, query_label_words, retrieval_label_words, bits: int,
                         ks, r_values, by_index: bool, device) -> RankStatistics:
-    """Rank statistics of every query (see ``kernel.RankStatistics``), computed with torch on ``device``."""
+    """Rank statistics of every query (see ``kernel.RankStatistics``), computed with torch on ``device``;
+    ``ks`` and ``r_values`` as for ``kernel.scan_rankings``."""
     import torch
 
     n = len(retrieval_words)
-    ks = np.minimum(np.asarray(ks if len(ks) else [n], dtype=np.int64), n)
-    r_values = np.minimum(np.asarray(r_values, dtype=np.int64), n)
+    ks, r_values = np.asarray(ks, dtype=np.int64), np.asarray(r_values, dtype=np.int64)
     # float16 products of +/-1 are exact and tensor cores sum them exactly in fp32; the CPU has no fp16 GEMM
     dtype = torch.float16 if torch.device(device).type == "cuda" else torch.float32
     retrieval = _unpack(retrieval_words, device, dtype) * 2 - 1
