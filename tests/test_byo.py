@@ -128,5 +128,5 @@ def test_pairs_file_must_be_exactly_one_and_split_explicit(tmp_path):
         stages.prepare(_byo_params(root), Layout(tmp_path / "project"), progress=False)
     params = _byo_params(root)
     params["dataset"]["split"] = {"query": 3}
-    with pytest.raises(CmhashError, match="dataset.split must give query and train"):
+    with pytest.raises(CmhashError, match=r"dataset.split must give train \(e.g. split: \{query: 2000, train: 5000\}\) or name a protocol"):
         stages.prepare(params, Layout(tmp_path / "project"), progress=False)

@@ -89,5 +89,8 @@ def test_missing_parts_of_the_release_are_clear_errors(tmp_path):
     (tmp_path / "raw/mirflickr25k_annotations_v080/sky.txt").unlink()
     with pytest.raises(CmhashError, match=r"has 23 concept files"):
         stages.prepare(_params(tmp_path / "raw"), Layout(tmp_path / "project"), progress=False)
-    with pytest.raises(CmhashError, match=r"unpack mirflickr25k.zip"):
+    with pytest.raises(CmhashError, match=r"elsewhere is not a folder; set dataset.root"):
         stages.prepare(_params(tmp_path / "elsewhere"), Layout(tmp_path / "project"), progress=False)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(CmhashError, match=r"unpack mirflickr25k.zip"):
+        stages.prepare(_params(tmp_path / "empty"), Layout(tmp_path / "project"), progress=False)

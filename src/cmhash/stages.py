@@ -20,16 +20,17 @@ def prepare(params: dict[str, Any], layout: Layout, progress: bool = True) -> Pa
     from cmhash.datasets import prepare_dataset
 
     out = layout.prepared(params["dataset"]["name"])
-    prepare_dataset(params["dataset"], out, progress=progress)
+    summary = prepare_dataset(params["dataset"], out, progress=progress)
+    if progress:
+        print(f"{out}: " + ", ".join(f"{key.replace('_', ' ')} {value:,}" for key, value in summary.items()))
     return out
 
 
 def validate(params: dict[str, Any], layout: Layout) -> dict[str, Any]:
-    from cmhash.datasets import expected_sizes
     from cmhash.validation import validate_prepared
 
     name = params["dataset"]["name"]
-    return validate_prepared(layout.prepared(name), layout.validation_report(name), expected_sizes(params["dataset"]))
+    return validate_prepared(layout.prepared(name), layout.validation_report(name), params["dataset"])
 
 
 def encode(params: dict[str, Any], layout: Layout, progress: bool = True) -> Path:

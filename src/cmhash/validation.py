@@ -8,12 +8,17 @@ stops before encode and train.
 
 What is checked:
 
-- items: labels are 0/1, every item has at least one label and at least one text, every image is
-  present (pixels that are not one flat colour, or a path that exists) and of one shape and dtype;
+- items: labels are 0/1, every item has at least one label and a text (a caption, or a non-empty
+  bag of words for sources without captions), every image is present (pixels that are not one
+  flat colour, or a path that exists) and of one shape and dtype; the item count where the source
+  defines it (e.g. 20,015 for the full MIRFlickr-25K release);
 - texts: none is empty or blank, each belongs to an existing item;
-- splits: indices in range and unique, sizes as the parameters say, query and retrieval
-  disjoint, train inside retrieval;
-- labels: every label occurs in the training split.
+- splits: indices in range and unique, sizes as the split protocol says, query and retrieval
+  disjoint, train inside retrieval, and every item exactly where the protocol, drawn again from
+  the parameters' protocol and seed, puts it;
+- labels: every label occurs in the training split; the label count where the source defines it
+  (24 / 10 or 21 / 80);
+- vocabulary: the bag-of-words width where the source defines it (1,386 / 1,000).
 """
 
 from __future__ import annotations
@@ -27,7 +32,8 @@ import pandas as pd
 
 from cmhash.atomic import write_json
 from cmhash.datasets.prepared import SPLIT_NAMES, PreparedData
-from cmhash.errors import ValidationFailed
+from cmhash.datasets.splits import SplitProtocol
+from cmhash.errors import CmhashError, ValidationFailed
 
 EXAMPLES = 5  # offending ids quoted per failed expectation
 
@@ -42,28 +48,47 @@ class TableCheck:
     expectations: list[Any] = field(default_factory=list)
 
 
-def _item_table(data: PreparedData, splits: dict[str, np.ndarray]) -> pd.DataFrame:
-    n = data.n_items
-    labels = data.labels
-    texts_per_item = np.bincount(data.text_item[(data.text_item >= 0) & (data.text_item < n)], minlength=n)
-    shapes, dtypes, present = _image_columns(data)
+def _membership(n: int, splits: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     membership = {}
     for name in SPLIT_NAMES:
         mask = np.zeros(n, dtype=bool)
         idx = splits.get(name, np.array([], dtype=np.int64))
         mask[idx[(idx >= 0) & (idx < n)]] = True
         membership[name] = mask
+    return membership
+
+
+def _texts_per_item(data: PreparedData) -> np.ndarray:
+    """Captions per item; for a source without captions, 1 where the bag of words is not empty."""
+    n = data.n_items
+    bow = data.bag_of_words if len(data.texts) == 0 else None
+    if bow is not None:
+        return (bow[0] > 0).any(axis=1).astype(np.int64)
+    return np.bincount(data.text_item[(data.text_item >= 0) & (data.text_item < n)], minlength=n)
+
+
+def _item_table(data: PreparedData, protocol: SplitProtocol) -> pd.DataFrame:
+    n = data.n_items
+    labels = data.labels
+    shapes, dtypes, present = _image_columns(data)
+    membership = _membership(n, data.splits)
+    try:
+        drawn = _membership(n, protocol.draw(labels))
+        as_protocol = np.logical_and.reduce([membership[name] == drawn[name] for name in SPLIT_NAMES])
+    except CmhashError:  # the protocol cannot be drawn on these labels at all
+        as_protocol = np.zeros(n, dtype=bool)
     return pd.DataFrame(
         {
             "item": np.arange(n),
             "labels_binary": np.isin(labels, (0, 1)).all(axis=1),
             "n_labels": (labels > 0).sum(axis=1),
-            "n_texts": texts_per_item,
+            "n_texts": _texts_per_item(data),
             "image_present": present,
             "image_shape": shapes,
             "image_dtype": dtypes,
             "in_query_and_retrieval": membership["query"] & membership["retrieval"],
             "in_train_not_retrieval": membership["train"] & ~membership["retrieval"],
+            "split_as_protocol": as_protocol,
         }
     )
 
@@ -84,13 +109,13 @@ def _image_columns(data: PreparedData, chunk: int = 256) -> tuple[list[str], lis
     return ["file"] * n, ["file"] * n, present
 
 
-def build_checks(data: PreparedData, expected: dict[str, int]) -> list[TableCheck]:
-    """The tables and expectations for one prepared file; ``expected`` holds items/query/retrieval/train
-    sizes and, for sources that define it, the number of labels."""
+def build_checks(data: PreparedData, expected: dict[str, int], protocol: SplitProtocol) -> list[TableCheck]:
+    """The tables and expectations for one prepared file. ``expected`` holds the query/train sizes
+    and, where the source defines them, items, retrieval, labels and vocabulary counts."""
     import great_expectations.expectations as gxe
 
     n = data.n_items
-    items = _item_table(data, data.splits)
+    items = _item_table(data, protocol)
     first_shape = items["image_shape"].iloc[0] if n else ""
     first_dtype = items["image_dtype"].iloc[0] if n else ""
     checks = [
@@ -103,6 +128,8 @@ def build_checks(data: PreparedData, expected: dict[str, int]) -> list[TableChec
             gxe.ExpectColumnValuesToBeInSet(column="image_dtype", value_set=[first_dtype], description=f"all images have one dtype {first_dtype}"),
             gxe.ExpectColumnValuesToBeInSet(column="in_query_and_retrieval", value_set=[False], description="query and retrieval splits are disjoint"),
             gxe.ExpectColumnValuesToBeInSet(column="in_train_not_retrieval", value_set=[False], description="the train split lies inside the retrieval split"),
+            gxe.ExpectColumnValuesToBeInSet(column="split_as_protocol", value_set=[True],
+                                            description=f"every item is in the splits that protocol {protocol.protocol!r} with seed {protocol.seed} draws"),
         ]),
     ]
     if "items" in expected:
@@ -128,6 +155,12 @@ def build_checks(data: PreparedData, expected: dict[str, int]) -> list[TableChec
     if "labels" in expected:  # the source defines its label set
         label_checks.append(gxe.ExpectTableRowCountToEqual(value=int(expected["labels"]), description=f"the dataset has {expected['labels']} labels"))
     checks.append(TableCheck("labels", label_frame, "label", label_checks))
+    bow = data.bag_of_words
+    if "vocabulary" in expected and bow is not None:
+        words = bow[1] or [f"column {i}" for i in range(bow[0].shape[1])]
+        vocabulary = pd.DataFrame({"word": words, "items": (bow[0] > 0).sum(axis=0)})
+        checks.append(TableCheck("vocabulary", vocabulary, "word", [
+            gxe.ExpectTableRowCountToEqual(value=int(expected["vocabulary"]), description=f"the bag of words has {expected['vocabulary']} words")]))
     return checks
 
 
@@ -173,12 +206,21 @@ def _plain(value: Any) -> Any:
     return value.item() if isinstance(value, np.generic) else value
 
 
-def validate_prepared(prepared_path: Path, report_path: Path, expected: dict[str, int]) -> dict[str, Any]:
-    """Validate a prepared file, write the JSON report, raise ValidationFailed on any failure."""
+def validate_prepared(prepared_path: Path, report_path: Path, dataset: dict[str, Any]) -> dict[str, Any]:
+    """Validate a prepared file against the ``dataset`` parameters; write the JSON report; raise
+    ValidationFailed on any failure."""
+    from cmhash.datasets import expected_counts, split_protocol
+
+    protocol = split_protocol(dataset)
     with PreparedData(prepared_path) as data:
-        outcomes = run_checks(build_checks(data, expected))
+        expected = expected_counts(dataset, data.summary, data.labels.shape[1])
+        if "items" in expected:
+            expected["retrieval"] = expected["items"] - expected["query"]
+        outcomes = run_checks(build_checks(data, expected, protocol))
+        summary, split = data.summary, data.split_record
     failed = [o for o in outcomes if not o["success"]]
-    report = {"prepared": str(prepared_path), "success": not failed, "evaluated": len(outcomes), "failed": len(failed), "expectations": outcomes}
+    report = {"prepared": str(prepared_path), "success": not failed, "evaluated": len(outcomes), "failed": len(failed),
+              "source_summary": summary, "split": split, "expectations": outcomes}
     write_json(report_path, report)
     if failed:
         lines = [f"{prepared_path}: {len(failed)} of {len(outcomes)} data expectations failed:"]

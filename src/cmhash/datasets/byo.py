@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from cmhash.datasets.source import SourceData, multi_hot, source_options, source_root
 from cmhash.errors import CmhashError
 
 PAIRS_FILES = ("pairs.jsonl", "pairs.csv")
@@ -88,8 +89,6 @@ def _read_csv(root: Path, path: Path) -> list[Pair]:
 
 def read_pairs(root: Path) -> list[Pair]:
     """The pairs of a BYO folder, checked (see the module docstring)."""
-    if not root.is_dir():
-        raise CmhashError(f"dataset.root {root} is not a folder; set dataset.root to the folder with your images and pairs file.")
     found = [root / name for name in PAIRS_FILES if (root / name).is_file()]
     if len(found) != 1:
         problem = "has both" if found else "has neither"
@@ -118,7 +117,23 @@ def labels_matrix(pairs: list[Pair]) -> tuple[np.ndarray, list[str]]:
     """(N, C) multi-hot labels and the sorted label names."""
     names = sorted({label for pair in pairs for label in pair.labels})
     column = {name: i for i, name in enumerate(names)}
-    labels = np.zeros((len(pairs), len(names)), dtype=np.uint8)
-    for row, pair in enumerate(pairs):
-        labels[row, [column[label] for label in pair.labels]] = 1
-    return labels, names
+    return multi_hot([[column[label] for label in pair.labels] for pair in pairs], len(names)), names
+
+
+def build(dataset: dict[str, Any], progress: bool) -> SourceData:
+    source_options(dataset, {})
+    root = source_root(dataset)
+    pairs = read_pairs(root)
+    check_images_decode(root, pairs, progress)
+    labels, names = labels_matrix(pairs)
+    return SourceData(
+        labels=labels, label_names=names,
+        texts=[text for pair in pairs for text in pair.texts],
+        text_item=np.repeat(np.arange(len(pairs)), [len(pair.texts) for pair in pairs]),
+        image_paths=[pair.image for pair in pairs], image_root=str(root),
+        summary={"pairs": len(pairs), "captions": sum(len(pair.texts) for pair in pairs)},
+    )
+
+
+def expected(dataset: dict[str, Any], summary: dict[str, int]) -> dict[str, int]:
+    return {}

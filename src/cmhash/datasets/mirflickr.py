@@ -19,16 +19,19 @@ from __future__ import annotations
 import re
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
+from cmhash.datasets.source import SourceData, source_options, source_root
 from cmhash.errors import CmhashError
 
 IMAGES = "mirflickr"
 TAGS = "mirflickr/meta/tags"
 ANNOTATIONS = "mirflickr25k_annotations_v080"
 N_CONCEPTS = 24
-FULL_RELEASE = {"images": 25_000, "pairs": 20_015, "vocabulary": 1_386}
+FULL_RELEASE = {"images": 25_000, "items": 20_015, "vocabulary": 1_386}
+OPTIONS = {"min_tag_count": 20}
 
 
 def _image_numbers(root: Path) -> list[int]:
@@ -88,8 +91,10 @@ def read_tags(root: Path, numbers: list[int], progress: bool) -> dict[int, list[
     return tags
 
 
-def build_mirflickr(root: Path, min_tag_count: int, progress: bool) -> dict:
+def build(dataset: dict[str, Any], progress: bool) -> SourceData:
     """Items, labels, texts and bag of words after the classic filter."""
+    min_tag_count = int(source_options(dataset, OPTIONS)["min_tag_count"])
+    root = source_root(dataset)
     numbers = _image_numbers(root)
     names, concepts = read_concepts(root, numbers)
     tags = read_tags(root, numbers, progress)
@@ -97,10 +102,12 @@ def build_mirflickr(root: Path, min_tag_count: int, progress: bool) -> dict:
     vocabulary = sorted(tag for tag, count in counts.items() if count >= min_tag_count)
     column = {tag: i for i, tag in enumerate(vocabulary)}
     kept, labels, texts, bow = [], [], [], []
+    skipped = Counter()
     for number in numbers:
         label_row = np.array([number in concepts[name] for name in names], dtype=np.uint8)
         kept_tags = [tag for tag in tags[number] if tag in column]
         if not label_row.any() or not kept_tags:
+            skipped["skipped_no_label" if not label_row.any() else "skipped_no_kept_tag"] += 1
             continue
         kept.append(number)
         labels.append(label_row)
@@ -110,5 +117,16 @@ def build_mirflickr(root: Path, min_tag_count: int, progress: bool) -> dict:
         bow.append(row)
     if not kept:
         raise CmhashError(f"{root}: no image has both a label and a tag used at least {min_tag_count} times.")
-    return {"numbers": kept, "label_names": names, "labels": np.stack(labels), "texts": texts,
-            "bow": np.stack(bow), "vocabulary": vocabulary, "n_images": len(numbers)}
+    return SourceData(
+        labels=np.stack(labels), label_names=names, texts=texts, text_item=np.arange(len(kept)),
+        image_paths=[f"{IMAGES}/im{number}.jpg" for number in kept], image_root=str(root),
+        bag_of_words=np.stack(bow), vocabulary=vocabulary,
+        summary={"images": len(numbers), "items": len(kept), "vocabulary": len(vocabulary), **skipped},
+    )
+
+
+def expected(dataset: dict[str, Any], summary: dict[str, int]) -> dict[str, int]:
+    """24 labels always; the classic counts when the whole release was read with the classic filter."""
+    full = (summary.get("images") == FULL_RELEASE["images"]
+            and int(source_options(dataset, OPTIONS)["min_tag_count"]) == OPTIONS["min_tag_count"])
+    return {"labels": N_CONCEPTS, **({"items": FULL_RELEASE["items"], "vocabulary": FULL_RELEASE["vocabulary"]} if full else {})}

@@ -3,15 +3,17 @@
 Layout (format version 1; documented in docs/data-format.md):
 
 - ``labels``        (N, C) uint8, 0/1 multi-hot labels
-- ``texts``         (M,) UTF-8 strings, M >= N: every caption of every item
+- ``texts``         (M,) UTF-8 strings: every caption of every item (M = 0 for sources whose
+  text is only a bag of words, such as the DCMH .mat files)
 - ``text_item``     (M,) int64, the item each text belongs to (non-decreasing)
 - ``images``        (N, H, W, 3) uint8 pixels, or
 - ``image_paths``   (N,) UTF-8 paths relative to the ``image_root`` attribute
-- ``bag_of_words``  (N, V) uint8, optional: the text as a bag of words over the ``vocabulary``
-  attribute (sources whose text is tags, such as MIRFlickr-25K)
+- ``bag_of_words``  (N, V) uint8, optional: the text as a bag of words, over the ``vocabulary``
+  attribute when the source names its words (MIRFlickr-25K, NUS-WIDE)
 - ``splits/query``, ``splits/retrieval``, ``splits/train``  int64 item indices
 - attributes: ``label_names``, ``source``, ``params`` (JSON of the settings that made the file),
-  ``cmhash_version``, ``format_version``, and ``image_root`` when paths are stored.
+  ``split`` (JSON: protocol, seed, sizes), ``summary`` (JSON: what the source read, kept and
+  skipped), ``cmhash_version``, ``format_version``, and ``image_root`` when paths are stored.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import h5py
 import numpy as np
@@ -27,6 +29,9 @@ import numpy as np
 from cmhash import __version__
 from cmhash.atomic import atomic_path
 from cmhash.errors import CmhashError
+
+if TYPE_CHECKING:
+    from cmhash.datasets.source import PixelArray
 
 FORMAT_VERSION = 1
 SPLIT_NAMES = ("query", "retrieval", "train")
@@ -43,13 +48,17 @@ def write_prepared(
     splits: dict[str, np.ndarray],
     source: str,
     params: dict[str, Any],
-    images: np.ndarray | None = None,
+    split: dict[str, Any] | None = None,
+    summary: dict[str, int] | None = None,
+    images: "PixelArray | None" = None,
     image_paths: Sequence[str] | None = None,
     image_root: str | None = None,
     bag_of_words: np.ndarray | None = None,
     vocabulary: Sequence[str] | None = None,
+    progress: bool = False,
 ) -> None:
-    """Write a prepared dataset atomically. Exactly one of ``images`` / ``image_paths`` is given."""
+    """Write a prepared dataset atomically. Exactly one of ``images`` / ``image_paths`` is given;
+    ``images`` is copied a chunk at a time, so a lazy reader keeps memory bounded."""
     if (images is None) == (image_paths is None):
         raise ValueError("give exactly one of images or image_paths")
     labels = np.asarray(labels)
@@ -60,11 +69,11 @@ def write_prepared(
         raise ValueError("texts and text_item differ in length")
     with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
         f.create_dataset("labels", data=labels.astype(np.uint8), compression="gzip")
-        f.create_dataset("texts", data=np.array(list(texts), dtype=object), dtype=_STR, compression="gzip")
-        f.create_dataset("text_item", data=text_item, compression="gzip")
+        gzip = "gzip" if len(texts) else None  # HDF5 cannot compress an empty dataset
+        f.create_dataset("texts", data=np.array(list(texts), dtype=object), dtype=_STR, compression=gzip)
+        f.create_dataset("text_item", data=text_item, compression=gzip)
         if images is not None:
-            chunk = (min(64, len(images)),) + tuple(images.shape[1:])
-            f.create_dataset("images", data=images, chunks=chunk, compression="gzip", compression_opts=4)
+            _copy_pixels(f, images, progress)
         else:
             f.create_dataset("image_paths", data=np.array(list(image_paths), dtype=object), dtype=_STR)
             f.attrs["image_root"] = str(image_root or "")
@@ -77,8 +86,23 @@ def write_prepared(
         f.attrs["label_names"] = np.array(list(label_names), dtype=object).astype(_STR)
         f.attrs["source"] = source
         f.attrs["params"] = json.dumps(params, sort_keys=True)
+        f.attrs["split"] = json.dumps(split or {}, sort_keys=True)
+        f.attrs["summary"] = json.dumps(summary or {}, sort_keys=True)
         f.attrs["cmhash_version"] = __version__
         f.attrs["format_version"] = FORMAT_VERSION
+
+
+def _copy_pixels(f: h5py.File, images: "PixelArray", progress: bool, rows: int = 512) -> None:
+    from tqdm import tqdm
+
+    n = int(images.shape[0])
+    shape = tuple(int(d) for d in images.shape[1:])
+    if len(shape) != 3 or shape[2] != 3:
+        raise ValueError(f"images must be (N, H, W, 3), got {(n, *shape)}")
+    dataset = f.create_dataset("images", shape=(n, *shape), dtype=np.uint8, chunks=(min(64, max(n, 1)), *shape),
+                               compression="gzip", compression_opts=4)
+    for start in tqdm(range(0, n, rows), desc="writing pixels", unit="chunk", disable=not progress):
+        dataset[start : start + rows] = np.asarray(images[start : start + rows], dtype=np.uint8)
 
 
 class PreparedData:
@@ -109,6 +133,8 @@ class PreparedData:
         self.splits: dict[str, np.ndarray] = {name: f["splits"][name][()] for name in f["splits"]}
         self.source: str = _as_str(f.attrs.get("source", ""))
         self.params: dict[str, Any] = json.loads(f.attrs.get("params", "{}"))
+        self.split_record: dict[str, Any] = json.loads(f.attrs.get("split", "{}"))
+        self.summary: dict[str, int] = json.loads(f.attrs.get("summary", "{}"))
         self.image_root: Path | None = None
         if "image_paths" in f:
             root = Path(_as_str(f.attrs.get("image_root", "")))

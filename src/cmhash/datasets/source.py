@@ -1,0 +1,88 @@
+"""What a dataset source hands to the prepare stage, and the helpers every source shares.
+
+Each source is one module of :mod:`cmhash.datasets` with two functions::
+
+    build(dataset: dict, progress: bool) -> SourceData      # read the user's files
+    expected(dataset: dict, summary: dict) -> dict[str, int]  # what validate checks for this source
+
+``dataset`` is the ``dataset`` section of params.yaml; a source's own options sit under
+``dataset.<name>``. ``expected`` may return ``labels`` (label count), ``items`` (pairs) and
+``vocabulary`` (bag-of-words width) where the source defines them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from cmhash.errors import CmhashError
+
+
+class PixelArray(Protocol):
+    """(N, H, W, 3) uint8 pixels that can be sliced along N (a numpy array or a lazy reader)."""
+
+    shape: tuple[int, ...]
+
+    def __getitem__(self, rows: slice) -> np.ndarray: ...
+
+
+@dataclass
+class SourceData:
+    """One source read into memory (pixels may stay lazy), before the split is drawn.
+
+    ``summary`` counts what was read, kept and skipped (by reason); it is stored in the prepared
+    file and shown by prepare and validate.
+    """
+
+    labels: np.ndarray
+    label_names: list[str]
+    texts: list[str]
+    text_item: np.ndarray
+    summary: dict[str, int]
+    images: PixelArray | None = None
+    image_paths: list[str] | None = None
+    image_root: str | None = None
+    bag_of_words: np.ndarray | None = None
+    vocabulary: list[str] | None = None
+
+
+def source_root(dataset: dict[str, Any]) -> Path:
+    """``dataset.root``, which must be an existing folder."""
+    if not dataset.get("root"):
+        raise CmhashError(f"params.yaml: dataset.root must name the folder with the {dataset.get('name')} files.")
+    root = Path(dataset["root"]).expanduser().resolve()
+    if not root.is_dir():
+        raise CmhashError(f"dataset.root {root} is not a folder; set dataset.root to where you put the "
+                          f"{dataset.get('name')} files (docs/data.md).")
+    return root
+
+
+def source_options(dataset: dict[str, Any], defaults: dict[str, Any]) -> dict[str, Any]:
+    """``dataset.<name>`` merged over ``defaults``; an unknown key is an error (a typo would be silent)."""
+    given = dataset.get(dataset["name"]) or {}
+    unknown = set(given) - set(defaults)
+    if unknown:
+        raise CmhashError(f"params.yaml: dataset.{dataset['name']} has unknown option(s) {', '.join(sorted(unknown))}; "
+                          f"known: {', '.join(sorted(defaults)) or 'none'}.")
+    return {**defaults, **given}
+
+
+def check_images_exist(root: Path, paths: list[str], describe: Any, progress: bool) -> None:
+    """Stop with the item's name when an image file is missing (``describe(i)`` names item i)."""
+    from tqdm import tqdm
+
+    for i, path in enumerate(tqdm(paths, desc="checking image files", unit="image", disable=not progress)):
+        if not (root / path).is_file():
+            raise CmhashError(f"{describe(i)}: image {root / path} does not exist; put the images where "
+                              "docs/data.md says or fix dataset.root.")
+
+
+def multi_hot(rows: list[list[int]], n_labels: int) -> np.ndarray:
+    """(N, C) uint8 labels from each item's list of label columns."""
+    labels = np.zeros((len(rows), n_labels), dtype=np.uint8)
+    for i, columns in enumerate(rows):
+        labels[i, columns] = 1
+    return labels
