@@ -1,8 +1,11 @@
 """The encode stage: features of every item in both modalities, in one HDF5 file per dataset.
 
 Layout: ``images`` (N, d_image) and ``texts`` (N, d_text) float32, each row L2-normalised; an item
-with several captions gets the normalised mean of its captions' embeddings. Attributes record the
-encoder's name and settings, whether its two spaces are aligned, and the cmhash version.
+with several captions gets the normalised mean of its captions' embeddings. ``encode.text`` picks
+what the text features are: ``captions`` (the encoder's text tower), ``bag_of_words`` (the stored
+bag-of-words rows, as the DCMH-era methods read text) or ``auto`` (captions when the source has
+them, else the bag of words, e.g. for the DCMH .mat files). Attributes record the encoder's name
+and settings, the text source, whether the two spaces are aligned, and the cmhash version.
 
 Encoding is resumable: batches are written to ``<out>.partial`` as they finish, and a rerun with
 the same encoder and the same prepared file continues where the last one stopped. The finished
@@ -46,17 +49,38 @@ def normalise_rows(x: np.ndarray) -> np.ndarray:
     return (x / np.maximum(norms, 1e-12)).astype(np.float32)
 
 
-def encode_dataset(prepared_path: Path, out_path: Path, encoder: Encoder, batch_size: int = 64, progress: bool = True) -> None:
+TEXT_SOURCES = ("auto", "captions", "bag_of_words")
+
+
+def text_source(data: PreparedData, requested: str) -> str:
+    """Which text the features are made of (see the module docstring)."""
+    if requested not in TEXT_SOURCES:
+        raise CmhashError(f"params.yaml: encode.text is {requested!r}; choose one of {', '.join(TEXT_SOURCES)}.")
+    has_captions, has_bow = len(data.texts) > 0, "bag_of_words" in data.keys
+    if requested == "auto":
+        return "captions" if has_captions else "bag_of_words"
+    if requested == "captions" and not has_captions:
+        raise CmhashError(f"{data.path}: this {data.source} dataset has no captions, only a bag of words; set "
+                          "encode.text: bag_of_words (or auto).")
+    if requested == "bag_of_words" and not has_bow:
+        raise CmhashError(f"{data.path}: this {data.source} dataset stores no bag of words; set encode.text: captions.")
+    return requested
+
+
+def encode_dataset(prepared_path: Path, out_path: Path, encoder: Encoder, batch_size: int = 64, progress: bool = True,
+                   text: str = "auto") -> None:
     """Encode every image and every text of a prepared file into ``out_path`` (resumable)."""
     out_path = Path(out_path)
     partial = out_path.with_name(out_path.name + ".partial")
     stat = Path(prepared_path).stat()
-    fingerprint = json.dumps(
-        {"encoder": encoder.name, "settings": encoder.settings(), "prepared_size": stat.st_size, "prepared_mtime_ns": stat.st_mtime_ns},
-        sort_keys=True,
-    )
     out_path.parent.mkdir(parents=True, exist_ok=True)
     with PreparedData(prepared_path) as data:
+        text = text_source(data, text)
+        fingerprint = json.dumps(
+            {"encoder": encoder.name, "settings": encoder.settings(), "text": text, "prepared_size": stat.st_size,
+             "prepared_mtime_ns": stat.st_mtime_ns},
+            sort_keys=True,
+        )
         with h5py.File(partial, "a") as f:
             if f.attrs.get("fingerprint") != fingerprint:  # a different run's leftovers: start over
                 for key in list(f.keys()):
@@ -65,12 +89,16 @@ def encode_dataset(prepared_path: Path, out_path: Path, encoder: Encoder, batch_
             elif f.attrs["images_done"] or f.attrs["texts_done"]:
                 print(f"resuming {partial}: {f.attrs['images_done']} images and {f.attrs['texts_done']} items' texts already encoded")
             _encode_images(f, data, encoder, batch_size, progress)
-            _encode_texts(f, data, encoder, batch_size, progress)
+            if text == "captions":
+                _encode_texts(f, data, encoder, batch_size, progress)
+            else:
+                _store_bag_of_words(f, data)
             f.attrs.update(
                 {
-                    "encoder": encoder.name,
+                    "encoder": encoder.name if text == "captions" else f"{encoder.name} images + bag-of-words text",
                     "encoder_settings": json.dumps(encoder.settings(), sort_keys=True),
-                    "aligned": encoder.aligned,
+                    "text": text,
+                    "aligned": encoder.aligned and text == "captions",
                     "prepared": str(prepared_path),
                     "cmhash_version": __version__,
                 }
@@ -93,6 +121,12 @@ def _encode_images(f: h5py.File, data: PreparedData, encoder: Encoder, batch_siz
             _store(f, "images", done, encoder.encode_images(batch), data.n_items)
             done += len(batch)
             bar.update(len(batch))
+
+
+def _store_bag_of_words(f: h5py.File, data: PreparedData, rows: int = 8192) -> None:
+    bow, _ = data.bag_of_words
+    for start in range(int(f.attrs["texts_done"]), data.n_items, rows):
+        _store(f, "texts", start, bow[start : start + rows].astype(np.float32), data.n_items)
 
 
 def _encode_texts(f: h5py.File, data: PreparedData, encoder: Encoder, batch_size: int, progress: bool) -> None:

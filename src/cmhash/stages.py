@@ -41,7 +41,8 @@ def encode(params: dict[str, Any], layout: Layout, progress: bool = True) -> Pat
     settings = params["encode"]
     encoder = build_encoder(settings)
     out = layout.features(name)
-    encode_dataset(layout.prepared(name), out, encoder, batch_size=int(settings.get("batch_size", 64)), progress=progress)
+    encode_dataset(layout.prepared(name), out, encoder, batch_size=int(settings.get("batch_size", 64)), progress=progress,
+                   text=settings.get("text", "auto"))
     return out
 
 

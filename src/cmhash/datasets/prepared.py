@@ -79,7 +79,8 @@ def write_prepared(
             f.attrs["image_root"] = str(image_root or "")
         if bag_of_words is not None:
             f.create_dataset("bag_of_words", data=np.asarray(bag_of_words, dtype=np.uint8), compression="gzip")
-            f.attrs["vocabulary"] = np.array(list(vocabulary), dtype=object).astype(_STR)
+            if vocabulary is not None:  # the DCMH .mat files do not name their words
+                f.attrs["vocabulary"] = np.array(list(vocabulary), dtype=object).astype(_STR)
         group = f.create_group("splits")
         for name in SPLIT_NAMES:
             group.create_dataset(name, data=np.asarray(splits[name], dtype=np.int64))
@@ -141,6 +142,11 @@ class PreparedData:
             self.image_root = root if root.is_absolute() else (self.path.parent / root)
 
     @property
+    def keys(self) -> list[str]:
+        """The datasets stored at the top of the file."""
+        return list(self._file.keys())
+
+    @property
     def n_items(self) -> int:
         return int(self.labels.shape[0])
 
@@ -159,10 +165,11 @@ class PreparedData:
 
     @property
     def bag_of_words(self) -> tuple[np.ndarray, list[str]] | None:
-        """(N, V) bag-of-words rows and the vocabulary, for sources that store them, else None."""
+        """(N, V) bag-of-words rows and the vocabulary ([] when the source does not name its words),
+        for sources that store a bag of words, else None."""
         if "bag_of_words" not in self._file:
             return None
-        return self._file["bag_of_words"][()], [_as_str(w) for w in self._file.attrs["vocabulary"]]
+        return self._file["bag_of_words"][()], [_as_str(w) for w in self._file.attrs.get("vocabulary", [])]
 
     def texts_by_item(self) -> list[list[str]]:
         """The captions of each item, in item order."""

@@ -1,0 +1,178 @@
+"""Reading the field's MATLAB files, whichever of the two formats they were saved in.
+
+MATLAB writes ``-v7`` and older files in its own format (read here with scipy) and ``-v7.3`` files
+as HDF5 (read with h5py). Loading one with the other's reader is the classic "file signature not
+found" / "Unknown mat file type" error of the public code; here the format is detected per file.
+
+HDF5 stores MATLAB arrays with their axes reversed (MATLAB is column-major), so every array read
+with h5py is transposed back: both readers return arrays in MATLAB's own orientation, e.g. a
+label matrix ``LAll`` is (N, C) either way. Strings come back as Python strings: a char matrix
+gives one string per row, a cell array one entry per cell (a string, or a list of strings when a
+cell holds several captions). Pixels are read lazily (:class:`MatPixels`), a chunk at a time.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+
+from cmhash.errors import CmhashError
+
+
+def _check(path: Path) -> None:
+    if not path.is_file():
+        raise CmhashError(f"{path} not found; put the .mat files in dataset.root (docs/data.md).")
+
+
+def is_hdf5(path: Path) -> bool:
+    """True for a MATLAB v7.3 (HDF5) file, False for the older MATLAB format."""
+    _check(path)
+    return h5py.is_hdf5(path)
+
+
+def variable_names(path: Path) -> list[str]:
+    if is_hdf5(path):
+        with h5py.File(path, "r") as f:
+            return [k for k in f.keys() if not k.startswith("#")]
+    import scipy.io
+
+    try:
+        return [name for name, _, _ in scipy.io.whosmat(path)]
+    except (ValueError, OSError) as err:
+        raise CmhashError(f"{path} is neither a MATLAB v5-v7 nor a v7.3 (HDF5) file ({err}).") from None
+
+
+def pick_variable(path: Path, candidates: tuple[str, ...]) -> str:
+    """The first of ``candidates`` stored in the file; an error lists what the file has."""
+    names = variable_names(path)
+    for name in candidates:
+        if name in names:
+            return name
+    raise CmhashError(f"{path} has no variable {' or '.join(repr(c) for c in candidates)} (it has "
+                      f"{', '.join(names) or 'none'}); is it the right file?")
+
+
+def _scipy_variable(path: Path, key: str) -> Any:
+    import scipy.io
+
+    try:
+        return scipy.io.loadmat(path, variable_names=[key])[key]
+    except (ValueError, OSError, NotImplementedError) as err:
+        raise CmhashError(f"{path}: cannot read {key!r} ({err}).") from None
+
+
+def read_array(path: Path, key: str) -> np.ndarray:
+    """A numeric variable, whole, in MATLAB orientation."""
+    key = pick_variable(path, (key,))
+    if is_hdf5(path):
+        with h5py.File(path, "r") as f:
+            node = f[key]
+            if not isinstance(node, h5py.Dataset) or node.dtype.kind not in "biuf":
+                raise CmhashError(f"{path}: {key!r} is not a numeric array.")
+            return np.transpose(node[()])
+    value = _scipy_variable(path, key)
+    if not isinstance(value, np.ndarray) or value.dtype.kind not in "biuf":
+        raise CmhashError(f"{path}: {key!r} is not a numeric array (it is {getattr(value, 'dtype', type(value))}).")
+    return value
+
+
+def read_strings(path: Path, key: str) -> list[str | list[str]]:
+    """A char matrix (one string per row) or a cell array (one entry per cell) as Python strings."""
+    key = pick_variable(path, (key,))
+    if is_hdf5(path):
+        with h5py.File(path, "r") as f:
+            return _h5_entries(f, f[key], path, key)
+    return _scipy_entries(_scipy_variable(path, key), path, key)
+
+
+def _scipy_entries(value: Any, path: Path, key: str) -> list[str | list[str]]:
+    if isinstance(value, np.ndarray) and value.dtype.kind == "U":  # char matrix: one string per row
+        return [str(s).rstrip() for s in value.ravel()]
+    if isinstance(value, np.ndarray) and value.dtype == object:  # cell array: one entry per cell
+        return [_one_entry(_scipy_strings(cell, path, key)) for cell in value.ravel(order="F")]
+    raise CmhashError(f"{path}: {key!r} holds {getattr(value, 'dtype', type(value))}, not text; expected a char "
+                      "matrix or a cell array of strings.")
+
+
+def _scipy_strings(value: Any, path: Path, key: str) -> list[str]:
+    if isinstance(value, str):
+        return [value.rstrip()]
+    if isinstance(value, np.ndarray) and value.dtype.kind == "U":
+        return [str(s).rstrip() for s in value.ravel()]
+    if isinstance(value, np.ndarray) and value.dtype == object:
+        return [s for cell in value.ravel(order="F") for s in _scipy_strings(cell, path, key)]
+    raise CmhashError(f"{path}: {key!r} has a cell holding {getattr(value, 'dtype', type(value))}, not text.")
+
+
+def _h5_entries(f: h5py.File, node: Any, path: Path, key: str) -> list[str | list[str]]:
+    if not isinstance(node, h5py.Dataset):
+        raise CmhashError(f"{path}: {key!r} is a group, not a char matrix or cell array.")
+    if node.dtype == h5py.ref_dtype:  # cell array: references to the cells
+        return [_one_entry(_h5_strings(f, f[ref], path, key)) for ref in np.transpose(node[()]).ravel(order="F")]
+    return _h5_strings(f, node, path, key)
+
+
+def _h5_strings(f: h5py.File, node: Any, path: Path, key: str) -> list[str]:
+    if node.dtype == h5py.ref_dtype:
+        return [s for ref in np.transpose(node[()]).ravel(order="F") for s in _h5_strings(f, f[ref], path, key)]
+    if node.attrs.get("MATLAB_class", b"") in (b"char", "char") or node.dtype.kind in "ui":
+        codes = np.atleast_2d(np.transpose(node[()]))  # MATLAB orientation: one string per row
+        if node.attrs.get("MATLAB_empty", 0):
+            return [""]
+        return ["".join(map(chr, row)).rstrip("\x00 ") for row in codes]
+    if node.dtype.kind in "SO":  # strings written by h5py rather than MATLAB
+        return [(s.decode("utf-8") if isinstance(s, bytes) else str(s)).rstrip() for s in np.ravel(node[()])]
+    raise CmhashError(f"{path}: {key!r} holds {node.dtype}, not text.")
+
+
+def _one_entry(strings: list[str]) -> str | list[str]:
+    return strings[0] if len(strings) == 1 else strings
+
+
+class MatPixels:
+    """(N, H, W, 3) uint8 view of an image stack in a .mat file, read a slice at a time.
+
+    ``n_items`` (from the label file) tells which axis counts the images. Accepted layouts, in
+    MATLAB orientation: (H, W, 3, N) - which h5py shows as (N, 3, W, H), the DCMH ``IAll`` - and
+    (N, H, W, 3). An older-format file is read whole (scipy cannot read part of a variable).
+    """
+
+    def __init__(self, path: Path, key: str, n_items: int):
+        self.path, self.key = path, pick_variable(path, (key,))
+        self.hdf5 = is_hdf5(path)
+        if self.hdf5:
+            with h5py.File(path, "r") as f:
+                stored = f[self.key].shape
+            matlab_shape = tuple(reversed(stored))
+            self._array = None
+        else:
+            self._array = _scipy_variable(path, self.key)
+            matlab_shape = self._array.shape
+        if len(matlab_shape) == 4 and matlab_shape[2] == 3 and matlab_shape[3] == n_items:
+            self._matlab_axes = (3, 0, 1, 2)  # (H, W, 3, N) -> (N, H, W, 3)
+        elif len(matlab_shape) == 4 and matlab_shape[0] == n_items and matlab_shape[3] == 3:
+            self._matlab_axes = (0, 1, 2, 3)
+        else:
+            raise CmhashError(f"{path}: {self.key!r} has shape {matlab_shape} (MATLAB orientation); expected "
+                              f"{n_items} RGB images as (H, W, 3, {n_items}) - h5py shows that as ({n_items}, 3, W, H) - "
+                              f"or ({n_items}, H, W, 3).")
+        self.shape = (n_items, *(matlab_shape[a] for a in self._matlab_axes[1:]))
+
+    def __getitem__(self, rows: slice) -> np.ndarray:
+        start, stop, _ = rows.indices(self.shape[0])
+        if not self.hdf5:
+            block = np.transpose(self._array, self._matlab_axes)[start:stop]
+        else:
+            with h5py.File(self.path, "r") as f:
+                node = f[self.key]
+                # the N axis is stored first (reversed) when MATLAB's last axis counts the images
+                if self._matlab_axes[0] == 3:
+                    block = np.transpose(node[start:stop], (0, 3, 2, 1))
+                else:
+                    block = np.transpose(node[:, :, :, start:stop], (3, 2, 1, 0))
+        if block.dtype != np.uint8:
+            raise CmhashError(f"{self.path}: {self.key!r} holds {block.dtype} pixels; expected uint8 (0-255).")
+        return np.ascontiguousarray(block)
