@@ -73,6 +73,21 @@ def test_known_prefix_expects_the_published_counts(tmp_path):
         stages.validate(params, layout)
 
 
+@pytest.mark.parametrize("save, stored_as", [
+    (save_v5, (0, 3, 2, 1)),   # a Python script's (N, 3, W, H) saved with scipy
+    (save_v5, (0, 1, 2, 3)),   # (N, H, W, 3) saved with scipy
+    (save_v73, (0, 1, 2, 3)),  # MATLAB N x H x W x 3, v7.3
+])
+def test_other_image_stack_layouts(tmp_path, save, stored_as):
+    from cmhash.datasets.matfile import MatPixels
+
+    _, _, images = _data()
+    save(tmp_path / "x.mat", {"IAll": np.transpose(images, stored_as)})
+    pixels = MatPixels(tmp_path / "x.mat", "IAll", N)
+    assert pixels.shape == images.shape
+    np.testing.assert_array_equal(pixels[5:17], images[5:17])
+
+
 def test_bag_of_words_becomes_the_text_features(tmp_path):
     _, bow, _ = _dcmh_files(tmp_path / "raw", save_v73)
     params, layout = _params("dcmh_mat", tmp_path / "raw"), Layout(tmp_path / "project")
@@ -95,7 +110,7 @@ def test_dcmh_files_that_do_not_belong_together(tmp_path):
         stages.prepare(_params("dcmh_mat", root), Layout(tmp_path / "p"), progress=False)
     _dcmh_files(root, save_v5)
     save_v73(root / "mydata-iall.mat", {"IAll": np.zeros((12, 10, 3, N - 1), dtype=np.uint8)})
-    with pytest.raises(CmhashError, match=r"iall.mat: 'IAll' has shape \(12, 10, 3, 59\).*expected 60 RGB images"):
+    with pytest.raises(CmhashError, match=r"iall.mat: 'IAll' has shape \(59, 3, 10, 12\); expected 60 RGB images laid out as one of \(N, 3, W, H\)"):
         stages.prepare(_params("dcmh_mat", root), Layout(tmp_path / "p"), progress=False)
     _dcmh_files(root, save_v5)
     save_v5(root / "mydata-fall.mat", {"FAll": ["a.jpg"] * 3})

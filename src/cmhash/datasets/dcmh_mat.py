@@ -7,8 +7,9 @@
     <prefix>-yall.mat   YAll: (N, V) bag of words - the only text these files have
     <prefix>-fall.mat   FAll: the N image file names (optional; checked for length only)
 
-Each file may be MATLAB v5-v7 or v7.3 (HDF5); :mod:`cmhash.datasets.matfile` reads both. The
-images are copied into the prepared file a chunk at a time. The files name neither the labels nor
+Each file may be MATLAB v5-v7 or v7.3 (HDF5); :mod:`cmhash.datasets.matfile` reads both, and the
+image stack in any of the usual layouts. The images are copied into the prepared file a chunk at a
+time. The files name neither the labels nor
 the words: labels are called ``label1 ...`` unless ``dataset.dcmh_mat.label_names`` lists them.
 Because the text is a bag of words, encode turns it into the text features directly
 (``encode.text: auto`` does this for any source without captions). Nothing is skipped: the files

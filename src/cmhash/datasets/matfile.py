@@ -8,7 +8,7 @@ HDF5 stores MATLAB arrays with their axes reversed (MATLAB is column-major), so 
 with h5py is transposed back: both readers return arrays in MATLAB's own orientation, e.g. a
 label matrix ``LAll`` is (N, C) either way. Strings come back as Python strings: a char matrix
 gives one string per row, a cell array one entry per cell (a string, or a list of strings when a
-cell holds several captions). Pixels are read lazily (:class:`MatPixels`), a chunk at a time.
+cell holds several captions). Pixels are read lazily (:class:`MatPixels`), a chunk at a time, in any of the usual layouts.
 """
 
 from __future__ import annotations
@@ -132,12 +132,33 @@ def _one_entry(strings: list[str]) -> str | list[str]:
     return strings[0] if len(strings) == 1 else strings
 
 
+# How an image stack may be laid out in the array a reader returns (h5py's stored shape, or scipy's
+# MATLAB-oriented one), as (item axis, the axes order that gives (N, H, W, 3)).
+_PIXEL_LAYOUTS = {
+    "(N, 3, W, H)": (0, (0, 3, 2, 1)),  # MATLAB H x W x 3 x N saved as v7.3 (DCMH's IAll), or NCWH saved by scipy
+    "(H, W, 3, N)": (3, (3, 0, 1, 2)),  # MATLAB H x W x 3 x N saved as v5-v7
+    "(N, H, W, 3)": (0, (0, 1, 2, 3)),
+    "(3, W, H, N)": (3, (3, 2, 1, 0)),  # MATLAB N x H x W x 3 saved as v7.3
+}
+
+
+def _pixel_layout(shape: tuple[int, ...], n_items: int) -> tuple[int, tuple[int, ...]] | None:
+    if len(shape) != 4:
+        return None
+    for name, (item_axis, order) in _PIXEL_LAYOUTS.items():
+        channel_axis = name.strip("()").split(", ").index("3")
+        if shape[item_axis] == n_items and shape[channel_axis] == 3:
+            return item_axis, order
+    return None
+
+
 class MatPixels:
     """(N, H, W, 3) uint8 view of an image stack in a .mat file, read a slice at a time.
 
-    ``n_items`` (from the label file) tells which axis counts the images. Accepted layouts, in
-    MATLAB orientation: (H, W, 3, N) - which h5py shows as (N, 3, W, H), the DCMH ``IAll`` - and
-    (N, H, W, 3). An older-format file is read whole (scipy cannot read part of a variable).
+    ``n_items`` (from the label file) tells which axis counts the images; the layouts accepted are
+    those of :data:`_PIXEL_LAYOUTS`, as the reader returns the array (DCMH's ``IAll`` is
+    (N, 3, W, H) through h5py). An older-format file is read whole (scipy cannot read part of a
+    variable); a v7.3 file is read one slice at a time.
     """
 
     def __init__(self, path: Path, key: str, n_items: int):
@@ -145,34 +166,26 @@ class MatPixels:
         self.hdf5 = is_hdf5(path)
         if self.hdf5:
             with h5py.File(path, "r") as f:
-                stored = f[self.key].shape
-            matlab_shape = tuple(reversed(stored))
+                shape = f[self.key].shape
             self._array = None
         else:
             self._array = _scipy_variable(path, self.key)
-            matlab_shape = self._array.shape
-        if len(matlab_shape) == 4 and matlab_shape[2] == 3 and matlab_shape[3] == n_items:
-            self._matlab_axes = (3, 0, 1, 2)  # (H, W, 3, N) -> (N, H, W, 3)
-        elif len(matlab_shape) == 4 and matlab_shape[0] == n_items and matlab_shape[3] == 3:
-            self._matlab_axes = (0, 1, 2, 3)
-        else:
-            raise CmhashError(f"{path}: {self.key!r} has shape {matlab_shape} (MATLAB orientation); expected "
-                              f"{n_items} RGB images as (H, W, 3, {n_items}) - h5py shows that as ({n_items}, 3, W, H) - "
-                              f"or ({n_items}, H, W, 3).")
-        self.shape = (n_items, *(matlab_shape[a] for a in self._matlab_axes[1:]))
+            shape = self._array.shape
+        layout = _pixel_layout(shape, n_items)
+        if layout is None:
+            raise CmhashError(f"{path}: {self.key!r} has shape {shape}; expected {n_items} RGB images laid out as one of "
+                              f"{', '.join(_PIXEL_LAYOUTS)} (with N = {n_items}, the number of labelled items).")
+        self._item_axis, self._order = layout
+        self.shape = tuple(shape[axis] for axis in self._order)
 
     def __getitem__(self, rows: slice) -> np.ndarray:
         start, stop, _ = rows.indices(self.shape[0])
-        if not self.hdf5:
-            block = np.transpose(self._array, self._matlab_axes)[start:stop]
-        else:
+        take = (slice(start, stop),) if self._item_axis == 0 else (..., slice(start, stop))
+        if self.hdf5:
             with h5py.File(self.path, "r") as f:
-                node = f[self.key]
-                # the N axis is stored first (reversed) when MATLAB's last axis counts the images
-                if self._matlab_axes[0] == 3:
-                    block = np.transpose(node[start:stop], (0, 3, 2, 1))
-                else:
-                    block = np.transpose(node[:, :, :, start:stop], (3, 2, 1, 0))
+                block = f[self.key][take]
+        else:
+            block = self._array[take]
         if block.dtype != np.uint8:
             raise CmhashError(f"{self.path}: {self.key!r} holds {block.dtype} pixels; expected uint8 (0-255).")
-        return np.ascontiguousarray(block)
+        return np.ascontiguousarray(np.transpose(block, self._order))
