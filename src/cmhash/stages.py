@@ -48,7 +48,7 @@ def encode(params: dict[str, Any], layout: Layout, progress: bool = True) -> Pat
 
 def train(params: dict[str, Any], layout: Layout, method: str, bits: int, progress: bool = True) -> Path:
     """Fit one method at one code length on the train split; write the model and the codes."""
-    from cmhash.codes import SplitCodes, write_codes
+    from cmhash.codes import write_codes
     from cmhash.datasets.prepared import PreparedData
     from cmhash.features import read_features
     from cmhash.methods import build_method, save_model
@@ -61,23 +61,64 @@ def train(params: dict[str, Any], layout: Layout, method: str, bits: int, progre
         splits, labels = data.splits, data.labels
     train_idx = splits["train"]
     model = build_method(method, bits, settings, seed, params["train"].get("device", "auto"), progress=progress)
-    started = time.perf_counter()
-    model.fit(features.images[train_idx], features.texts[train_idx], labels=labels[train_idx], aligned=features.aligned)
-    seconds = time.perf_counter() - started
     out_dir = layout.model_dir(method, bits)
+    if getattr(model, "end_to_end", False):  # trains the encoder towers too: reads pixels and captions
+        codes, seconds = _fit_end_to_end(params, layout, model, splits, labels)
+    else:
+        codes, seconds = _fit_on_features(model, features, splits, labels)
     save_model(out_dir / "model.pt", method, model, settings, seed)
-
-    def split_codes(split: str) -> SplitCodes:
-        rows = splits[split]
-        if getattr(model, "fused", False):  # one code per image-text pair
-            return SplitCodes(rows, pairs=model.encode_pairs(features.images[rows], features.texts[rows]))
-        return SplitCodes(rows, images=model.encode_images(features.images[rows]), texts=model.encode_texts(features.texts[rows]))
-
-    codes = {split: split_codes(split) for split in ("query", "retrieval")}
     write_codes(out_dir / "codes.h5", method, bits, codes)
     write_json(out_dir / "train.json", {"method": method, "bits": bits, "seed": seed, "settings": settings,
                                         "encoder": features.encoder, "train_items": int(len(train_idx)), "fit_seconds": round(seconds, 2)})
     return out_dir
+
+
+def _fit_on_features(model, features, splits, labels):
+    """Fit on the train split's features; the codes of the query and retrieval splits; fit seconds."""
+    from cmhash.codes import SplitCodes
+
+    started = time.perf_counter()
+    train_idx = splits["train"]
+    model.fit(features.images[train_idx], features.texts[train_idx], labels=labels[train_idx], aligned=features.aligned)
+    seconds = time.perf_counter() - started
+    codes = {}
+    for split in ("query", "retrieval"):
+        rows = splits[split]
+        if getattr(model, "fused", False):  # one code per image-text pair
+            codes[split] = SplitCodes(rows, pairs=model.encode_pairs(features.images[rows], features.texts[rows]))
+        else:
+            codes[split] = SplitCodes(rows, images=model.encode_images(features.images[rows]), texts=model.encode_texts(features.texts[rows]))
+    return codes, seconds
+
+
+def _fit_end_to_end(params, layout, model, splits, labels):
+    """Fit a method that fine-tunes the open_clip towers of ``encode.open_clip`` on the train split's
+    pixels and captions; encode the query and retrieval splits through them; fit seconds."""
+    from cmhash.codes import SplitCodes
+    from cmhash.datasets.prepared import PreparedData
+    from cmhash.encoders import build_encoder
+    from cmhash.errors import CmhashError
+
+    if params["encode"].get("backend") != "open_clip":
+        raise CmhashError("params.yaml: fine-tuning (methods.dcmht.mode: finetune) trains the open_clip towers; set "
+                          "encode.backend: open_clip, or use mode: frozen.")
+    path = layout.prepared(params["dataset"]["name"])
+    with PreparedData(path) as data:
+        if len(data.texts) == 0:
+            raise CmhashError(f"{path}: fine-tuning needs captions, and this dataset's text is only a bag of words; "
+                              "use methods.dcmht.mode: frozen.")
+        import torch
+
+        torch.manual_seed(int(params["train"].get("seed", 0)))  # reproducible towers even without pretrained weights
+        towers = build_encoder({**params["encode"], "device": params["train"].get("device", "auto")})
+        started = time.perf_counter()
+        model.fit_end_to_end(data, towers, splits["train"], labels[splits["train"]])
+        seconds = time.perf_counter() - started
+        codes = {}
+        for split in ("query", "retrieval"):
+            images, texts = model.encode_items(data, splits[split])
+            codes[split] = SplitCodes(splits[split], images=images, texts=texts)
+    return codes, seconds
 
 
 def evaluate(params: dict[str, Any], layout: Layout, method: str, bits: int, progress: bool = True) -> dict[str, Any]:

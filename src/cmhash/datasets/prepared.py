@@ -179,6 +179,20 @@ class PreparedData:
                 grouped[item].append(text)
         return grouped
 
+    def load_images(self, items: np.ndarray) -> list["PIL.Image.Image"]:  # noqa: F821
+        """The images of ``items`` (any order, as given) as RGB PIL images: random access for
+        methods that train their image tower on the pixels."""
+        from PIL import Image
+
+        items = np.asarray(items, dtype=np.int64)
+        if self.stores_pixels:
+            order = np.argsort(items)  # HDF5 reads need increasing indices
+            pixels = np.empty((len(items), *self.images.shape[1:]), dtype=np.uint8)
+            pixels[order] = self.images[items[order]]
+            return [Image.fromarray(a) for a in pixels]
+        paths = self._file["image_paths"]
+        return [_open_image(self.image_root / _as_str(paths[i]), self.path, int(i)) for i in items]
+
     def iter_images(self, batch_size: int, first: int = 0) -> Iterator[list["PIL.Image.Image"]]:  # noqa: F821
         """Yield the images from item ``first`` on as RGB PIL images, ``batch_size`` at a time."""
         from PIL import Image

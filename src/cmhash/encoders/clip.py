@@ -50,6 +50,27 @@ class OpenClipEncoder:
     def settings(self) -> dict[str, Any]:
         return {"model": self.model_name, "pretrained": self.pretrained}
 
+    def spec(self) -> dict[str, Any]:
+        """What rebuilds this architecture without its weights (a fine-tuned copy is saved with them)."""
+        import open_clip
+
+        return {"model": self.model_name, "config": open_clip.get_model_config(self.model_name)}
+
+    @classmethod
+    def from_spec(cls, spec: dict[str, Any], device: str = "auto") -> "OpenClipEncoder":
+        """The architecture of :meth:`spec`, randomly initialised (load the saved weights into ``model``)."""
+        import json
+        import tempfile
+        from pathlib import Path
+
+        import open_clip
+
+        if spec["model"] not in open_clip.list_models() and spec.get("config"):
+            folder = Path(tempfile.mkdtemp(prefix="cmhash-clip-config-"))
+            (folder / f"{spec['model']}.json").write_text(json.dumps(spec["config"]))
+            open_clip.add_model_config(folder)
+        return cls(model=spec["model"], pretrained=None, device=device)
+
     def _autocast(self):
         torch = self._torch
         enabled = self.device.startswith("cuda")

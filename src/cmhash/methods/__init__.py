@@ -10,6 +10,11 @@ Every method is a class ``Method(bits, seed=0, device="auto", **settings)`` with
 
 ``settings`` are the method's entry under ``methods.<name>`` in params.yaml. ``aligned`` says whether
 the two feature spaces are one space (CLIP); baselines use it to share one projection.
+
+A method that trains its encoder towers too (DCMHT's ``mode: finetune``) sets ``end_to_end = True``
+and provides instead ``fit_end_to_end(items, towers, rows, labels)`` and
+``encode_items(items, rows) -> (image codes, text codes)``, where ``items`` is the prepared dataset
+(pixels and captions) and ``towers`` the open_clip encoder of ``encode.open_clip``.
 Adding a method is one new module plus one line in ``registry.METHODS``. A method module imports
 only the shared modules (this package, ``network``, ``projection``), never another method's module:
 dvc.yaml makes each train stage depend on exactly those files (not on the registry), so adding or

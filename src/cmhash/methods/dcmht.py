@@ -10,8 +10,18 @@ its argmax (index 0 -> -1, index 1 -> +1). With ``P`` the concatenated 2K-d prob
     L       = L(I, T) + L(I, I) + L(T, T)  [+ q (1 - mean((2 p - 1)^2)), the refactor's quantisation term]
 
 Settings as published: vartheta 0.75, Adam betas (0.9, 0.98), eps 1e-6, weight decay 0.2, hash
-layer lr 1e-3. This module trains the hash layers on frozen encoder features (the "frozen" mode);
-the quantisation weight ``quantization`` defaults to 0, as in the original paper.
+layer lr 1e-3. The quantisation weight ``quantization`` defaults to 0, as in the original paper.
+
+Two modes (``mode`` in params.yaml):
+
+- ``frozen`` (default): the select layers train on the encode stage's features.
+- ``finetune``: as published, the open_clip image and text towers of ``encode.open_clip`` train
+  with the select layers, end to end, on the training split's pixels and captions: the towers at
+  ``clip_lr`` (1e-5) and the select layers at ``lr``, one AdamW with the settings above, a linear
+  warm-up over the first ``warmup`` (10 %) of the steps then a cosine decay to 0, gradient norm
+  clipped at ``grad_clip`` (1.0), texts truncated to ``max_words`` (32) tokens, one caption per item
+  drawn (seeded) each epoch when an item has several, fp16 autocast with a gradient scaler on
+  CUDA (fp32 on the CPU). Codes come from the fine-tuned towers, and the saved model holds them.
 Labels of the training split only are used; epochs are fixed (the public code picks the best epoch
 on the query set, separately per direction: not done here).
 
@@ -26,7 +36,14 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+from tqdm import tqdm
+
+from cmhash.errors import CmhashError
+from cmhash.methods import to_codes
 from cmhash.methods.network import NetworkHash, label_similarity
+
+MODES = ("frozen", "finetune")
 
 
 def select_hash_layer(in_dim: int, bits: int, hidden: int = 128):
@@ -62,10 +79,16 @@ class DCMHT(NetworkHash):
 
     def __init__(self, bits: int, seed: int = 0, device: str = "auto", vartheta: float = 0.75, hidden: int = 128,
                  quantization: float = 0.0, epochs: int = 100, batch_size: int = 128, lr: float = 1e-3,
-                 weight_decay: float = 0.2, progress: bool = True):
+                 weight_decay: float = 0.2, mode: str = "frozen", clip_lr: float = 1e-5, warmup: float = 0.1,
+                 grad_clip: float = 1.0, max_words: int = 32, progress: bool = True):
         super().__init__(bits, seed, device, epochs, batch_size, progress)
+        if mode not in MODES:
+            raise CmhashError(f"params.yaml: methods.dcmht.mode is {mode!r}; choose one of {', '.join(MODES)}.")
         self.margin = math.sqrt(2 * self.bits * vartheta)
         self.hidden, self.quantization, self.lr, self.weight_decay = int(hidden), quantization, lr, weight_decay
+        self.mode, self.clip_lr, self.warmup, self.grad_clip, self.max_words = mode, clip_lr, warmup, grad_clip, int(max_words)
+        self.end_to_end = mode == "finetune"  # the train stage then calls fit_end_to_end / encode_items
+        self.towers = None  # the fine-tuned open_clip model (finetune mode)
 
     def build_networks(self, image_dim, text_dim, label_dim):
         return {"image": select_hash_layer(image_dim, self.bits, self.hidden),
@@ -77,9 +100,11 @@ class DCMHT(NetworkHash):
         return [torch.optim.AdamW(self.nets.parameters(), lr=self.lr, betas=(0.9, 0.98), eps=1e-6, weight_decay=self.weight_decay)]
 
     def batch_loss(self, batch, epoch):
-        similarity = label_similarity(batch.labels, batch.labels)
-        image = bit_probabilities(self.nets["image"](batch.images), self.bits)
-        text = bit_probabilities(self.nets["text"](batch.texts), self.bits)
+        return self._loss(self.nets["image"](batch.images), self.nets["text"](batch.texts), batch.labels)
+
+    def _loss(self, image_logits, text_logits, labels):
+        similarity = label_similarity(labels, labels)
+        image, text = bit_probabilities(image_logits, self.bits), bit_probabilities(text_logits, self.bits)
         loss = (margin_loss(image, text, similarity, self.margin) + margin_loss(image, image, similarity, self.margin)
                 + margin_loss(text, text, similarity, self.margin))
         if self.quantization:
@@ -95,3 +120,117 @@ class DCMHT(NetworkHash):
 
     def text_output(self, texts):
         return self._bit_margin(self.nets["text"](texts))
+
+    # ---- finetune mode: the open_clip towers train too
+    def fit_end_to_end(self, items, towers, rows: np.ndarray, labels: np.ndarray) -> "DCMHT":
+        """Train towers and select layers on items ``rows`` of ``items`` (a PreparedData: pixels via
+        ``load_images``, captions via ``texts_by_item``); ``towers`` is the open_clip encoder (its
+        ``model``, ``preprocess`` and ``tokenizer``), whose model is trained in place."""
+        import torch
+
+        torch.manual_seed(self.seed)
+        self.towers, self._preprocess, self._tokenizer = towers.model.to(self.device), towers.preprocess, towers.tokenizer
+        self.towers_spec = towers.spec()
+        captions = items.texts_by_item()
+        with torch.no_grad():  # the towers' output widths
+            image_probe, text_probe = self._tower_outputs(items, rows[:1], captions, None)
+        self._build({"image": image_probe.shape[1], "text": text_probe.shape[1], "label": labels.shape[1]})
+        label_tensor = torch.as_tensor(labels, dtype=torch.float32, device=self.device)
+        optimizer = torch.optim.AdamW(
+            [{"params": self.towers.parameters(), "lr": self.clip_lr}, {"params": self.nets.parameters(), "lr": self.lr}],
+            betas=(0.9, 0.98), eps=1e-6, weight_decay=self.weight_decay)
+        steps_per_epoch = sum(1 for start in range(0, len(rows), self.batch_size) if len(rows) - start >= 2)
+        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(self.epochs * steps_per_epoch, self.warmup))
+        cuda = self.device.startswith("cuda")
+        scaler = torch.amp.GradScaler("cuda", enabled=cuda)
+        generator = torch.Generator().manual_seed(self.seed)
+        caption_rng = np.random.default_rng(self.seed)
+        self.towers.train()
+        self.nets.train()
+        for epoch in tqdm(range(self.epochs), desc=f"DCMHT finetune {self.bits} bits", unit="epoch", disable=not self.progress):
+            order = torch.randperm(len(rows), generator=generator).numpy()
+            total, batches = 0.0, 0
+            for start in range(0, len(rows), self.batch_size):
+                index = order[start:start + self.batch_size]
+                if len(index) < 2:
+                    continue
+                with torch.autocast(device_type="cuda" if cuda else "cpu", dtype=torch.float16, enabled=cuda):
+                    image_features, text_features = self._tower_outputs(items, rows[index], captions, caption_rng)
+                    loss = self._loss(self.nets["image"](image_features.float()), self.nets["text"](text_features.float()),
+                                      label_tensor[torch.as_tensor(index, device=self.device)])
+                optimizer.zero_grad()
+                scaler.scale(loss).backward()
+                scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
+                torch.nn.utils.clip_grad_norm_([*self.towers.parameters(), *self.nets.parameters()], self.grad_clip)
+                scaler.step(optimizer)
+                scaler.update()
+                schedule.step()
+                total, batches = total + loss.item(), batches + 1
+            self.history.append(total / max(batches, 1))
+        return self
+
+    def _tokens(self, texts: list[str]):
+        """Tokens truncated to ``max_words`` and padded to the model's context length."""
+        import torch.nn.functional as F
+
+        context = int(self.towers.context_length)
+        tokens = self._tokenizer(texts, context_length=min(self.max_words, context))
+        return F.pad(tokens, (0, context - tokens.shape[1])).to(self.device)
+
+    def _tower_outputs(self, items, item_rows, captions, caption_rng):
+        """Tower features of items ``item_rows``: one caption each (drawn when ``caption_rng`` is given,
+        else the first), images through the encoder's preprocessing."""
+        import torch
+
+        texts = [captions[i][caption_rng.integers(len(captions[i]))] if caption_rng is not None else captions[i][0]
+                 for i in item_rows]
+        pixels = torch.stack([self._preprocess(image) for image in items.load_images(item_rows)]).to(self.device)
+        return self.towers.encode_image(pixels), self.towers.encode_text(self._tokens(texts))
+
+    def encode_items(self, items, item_rows: np.ndarray, chunk: int = 256) -> tuple[np.ndarray, np.ndarray]:
+        """(image codes, text codes) of items ``item_rows`` through the fine-tuned towers; an item with
+        several captions gets the code of its first."""
+        import torch
+
+        if self.towers is None:
+            raise CmhashError("DCMHT (finetune) must be fitted (or loaded) before encoding.")
+        self.towers.eval()
+        self.nets.eval()
+        captions, images, texts = items.texts_by_item(), [], []
+        cuda = self.device.startswith("cuda")
+        with torch.inference_mode(), torch.autocast(device_type="cuda" if cuda else "cpu", dtype=torch.float16, enabled=cuda):
+            for start in tqdm(range(0, len(item_rows), chunk), desc="DCMHT finetune encoding", unit="chunk", disable=not self.progress):
+                image_features, text_features = self._tower_outputs(items, item_rows[start:start + chunk], captions, None)
+                images.append(self.image_output(image_features.float()).float().cpu().numpy())
+                texts.append(self.text_output(text_features.float()).float().cpu().numpy())
+        return tuple(to_codes(np.concatenate(c) if c else np.zeros((0, self.bits))) for c in (images, texts))
+
+    def state_dict(self):
+        state = super().state_dict()
+        if self.towers is not None:
+            state["towers"] = {"spec": self.towers_spec, "weights": {k: v.cpu() for k, v in self.towers.state_dict().items()}}
+        return state
+
+    def load_state_dict(self, state):
+        super().load_state_dict(state)
+        if "towers" in state:
+            from cmhash.encoders.clip import OpenClipEncoder
+
+            towers = OpenClipEncoder.from_spec(state["towers"]["spec"], device=self.device)
+            towers.model.load_state_dict(state["towers"]["weights"])
+            self.towers, self._preprocess, self._tokenizer = towers.model, towers.preprocess, towers.tokenizer
+            self.towers_spec = state["towers"]["spec"]
+
+
+def warmup_cosine(total_steps: int, warmup: float):
+    """The learning-rate factor at each step: linear from 0 to 1 over the first ``warmup`` share of
+    the steps, then a cosine decay to 0 (DCMHT's schedule)."""
+    warmup_steps = max(1, int(round(warmup * total_steps)))
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+    return factor
