@@ -65,13 +65,15 @@ class RankStatistics:
 
 
 @njit(inline="always")
-def _tally(distance, is_relevant, items, relevant, packed, n_relevant):
-    """Count one retrieval item into its bucket; returns the new number of packed relevant items."""
-    position = items[distance] + 1
-    items[distance] = position
-    relevant[distance] += is_relevant
+def _tally(distance, is_relevant, bucket_words, packed, n_relevant):
+    """Count one retrieval item into its bucket; returns the new number of packed relevant items.
+
+    ``bucket_words[d]`` holds (items counted at distance d) << 8 | d, so one add of 256 both counts
+    the item and gives its packed (position << 8 | distance) word: the hot loop's only state."""
+    word = bucket_words[distance] + 256
+    bucket_words[distance] = word
     # written for every item, kept only for relevant ones: branch-free compaction
-    packed[n_relevant] = (position << 8) | np.int32(distance)
+    packed[n_relevant] = word
     return n_relevant + is_relevant
 
 
@@ -95,21 +97,23 @@ def _shares_label(query_label, retrieval_label):
 def _count_pass(query_code, retrieval_codes, query_label, retrieval_labels, items_at, relevant_at, packed):
     """Pass 1 for one query. Fills the bucket counts; packs (position << 8 | distance) of each
     relevant item, in retrieval order, into ``packed``; returns how many were packed."""
-    items = np.zeros(items_at.shape[0], np.int32)  # local int32 counters: the hot loop's only state
-    relevant = np.zeros(items_at.shape[0], np.int32)
+    bucket_words = np.arange(items_at.shape[0]).astype(np.int32)  # count 0, distance d
     n_relevant = 0
     if retrieval_codes.shape[1] == 1 and retrieval_labels.shape[1] == 1:
         # <= 64 bits and <= 64 labels, the common case: no inner word loops (about 1.6x faster)
         code, label = query_code[0], query_label[0]
         for j in range(retrieval_codes.shape[0]):
             n_relevant = _tally(_popcount(code ^ retrieval_codes[j, 0]), np.int32((label & retrieval_labels[j, 0]) != 0),
-                                items, relevant, packed, n_relevant)
+                                bucket_words, packed, n_relevant)
     else:
         for j in range(retrieval_codes.shape[0]):
             n_relevant = _tally(_distance(query_code, retrieval_codes[j]), _shares_label(query_label, retrieval_labels[j]),
-                                items, relevant, packed, n_relevant)
-    items_at[:] = items
-    relevant_at[:] = relevant
+                                bucket_words, packed, n_relevant)
+    for d in range(items_at.shape[0]):
+        items_at[d] = bucket_words[d] >> 8
+        relevant_at[d] = 0
+    for t in range(n_relevant):  # relevant items per distance: a loop over the relevant items only
+        relevant_at[packed[t] & 0xFF] += 1
     return n_relevant
 
 
@@ -140,14 +144,18 @@ def _relevant_pass(packed, n_relevant, items_at, relevant_at, ks, r_values, rank
     precision_sum[:] = 0.0
     relevant_in_top[:] = 0
     first_relevant_sum[:] = 0.0
-    whole_list_sum = 0.0
+    # two partial sums (even and odd t), so that consecutive additions do not wait for each other
+    even_sum, odd_sum = 0.0, 0.0
     for t in range(n_relevant):
         distance = packed[t] & 0xFF
         rank = items_before[distance] + (packed[t] >> 8)
         hits_so_far[distance] += 1
         hits = hits_so_far[distance]
         precision = hits / rank
-        whole_list_sum += precision
+        if t & 1:
+            odd_sum += precision
+        else:
+            even_sum += precision
         if rank <= max_r:
             rank_hits[rank] += 1
         if rank <= deepest_rank or hits <= deepest_hits:
@@ -157,6 +165,7 @@ def _relevant_pass(packed, n_relevant, items_at, relevant_at, ks, r_values, rank
                     relevant_in_top[i] += 1
                 if ks[i] < relevant and hits <= ks[i]:
                     first_relevant_sum[i] += precision
+    whole_list_sum = even_sum + odd_sum
     for i in range(ks.shape[0]):
         if ks[i] >= items:
             precision_sum[i] = whole_list_sum
