@@ -166,6 +166,16 @@ def test_dcmht_several_captions_per_image(tmp_path, save):
         assert data.summary == {"items": N, "captions": 3 * N}
 
 
+def test_dcmht_captions_as_a_string_array(tmp_path):
+    """Five captions per image saved as one (N, 5) string array (np.array of lists), as scripts do."""
+    root = tmp_path / "raw"
+    _dcmht_files(root, save_v5)
+    captions = [[f"caption {j} of image {i}" for j in range(5)] for i in range(N)]
+    save_v5(root / "caption.mat", {"caption": np.array(captions)})
+    with PreparedData(stages.prepare(_params("dcmht_mat", root), Layout(tmp_path / "p"), progress=False)) as data:
+        assert data.texts_by_item() == captions
+
+
 def test_dcmht_errors_name_the_file_and_item(tmp_path):
     root = tmp_path / "raw"
     _dcmht_files(root, save_v5)

@@ -85,12 +85,12 @@ def test_bad_release_files_name_the_file_and_line(tmp_path):
     with pytest.raises(CmhashError, match=r"AllTags1k.txt:8: expected 1000 values of 0 or 1"):
         stages.prepare(_params(root), Layout(tmp_path / "p"), progress=False)
     tags.write_text("".join(lines[:-1]))
-    with pytest.raises(CmhashError, match=rf"AllTags1k.txt has {N - 1} rows but ImageList/Imagelist.txt lists {N} images"):
+    with pytest.raises(CmhashError, match=rf"AllTags1k.txt has {N - 1} rows but the image list \(ImageList/Imagelist.txt\) has {N} images"):
         stages.prepare(_params(root), Layout(tmp_path / "p"), progress=False)
     tags.write_text("".join(lines))
     label_file = root / "Groundtruth/AllLabels/Labels_concept00.txt"
     label_file.write_text(label_file.read_text() + "1\n")
-    with pytest.raises(CmhashError, match=rf"Labels_concept00.txt has {N + 1} rows but .* lists {N} images"):
+    with pytest.raises(CmhashError, match=rf"Labels_concept00.txt has {N + 1} rows but the image list .* has {N} images"):
         stages.prepare(_params(root), Layout(tmp_path / "p"), progress=False)
     for path in sorted((root / "Groundtruth/AllLabels").glob("*.txt"))[:72]:
         path.unlink()

@@ -88,11 +88,19 @@ def read_strings(path: Path, key: str) -> list[str | list[str]]:
     return _scipy_entries(_scipy_variable(path, key), path, key)
 
 
+def _items_axis(array: np.ndarray) -> np.ndarray:
+    """A MATLAB-oriented array with one row per item: a 1 x N or N x 1 array becomes N rows of one,
+    an N x M array (e.g. five captions per image) stays N rows of M (DCMHT's loaders read it so)."""
+    if array.ndim == 2 and 1 in array.shape:
+        return array.reshape(-1, 1)
+    return array.reshape(len(array), -1) if array.ndim else array.reshape(1, 1)
+
+
 def _scipy_entries(value: Any, path: Path, key: str) -> list[str | list[str]]:
-    if isinstance(value, np.ndarray) and value.dtype.kind == "U":  # char matrix: one string per row
-        return [str(s).rstrip() for s in value.ravel()]
-    if isinstance(value, np.ndarray) and value.dtype == object:  # cell array: one entry per cell
-        return [_one_entry(_scipy_strings(cell, path, key)) for cell in value.ravel(order="F")]
+    if isinstance(value, np.ndarray) and value.dtype.kind == "U":  # char data: loadmat gives one string per row
+        return [_one_entry([str(s).rstrip() for s in row]) for row in _items_axis(value)]
+    if isinstance(value, np.ndarray) and value.dtype == object:  # cell array: one entry per cell (or row of cells)
+        return [_one_entry([s for cell in row for s in _scipy_strings(cell, path, key)]) for row in _items_axis(value)]
     raise CmhashError(f"{path}: {key!r} holds {getattr(value, 'dtype', type(value))}, not text; expected a char "
                       "matrix or a cell array of strings.")
 
@@ -111,7 +119,8 @@ def _h5_entries(f: h5py.File, node: Any, path: Path, key: str) -> list[str | lis
     if not isinstance(node, h5py.Dataset):
         raise CmhashError(f"{path}: {key!r} is a group, not a char matrix or cell array.")
     if node.dtype == h5py.ref_dtype:  # cell array: references to the cells
-        return [_one_entry(_h5_strings(f, f[ref], path, key)) for ref in np.transpose(node[()]).ravel(order="F")]
+        rows = _items_axis(np.transpose(node[()]))
+        return [_one_entry([s for ref in row for s in _h5_strings(f, f[ref], path, key)]) for row in rows]
     return _h5_strings(f, node, path, key)
 
 

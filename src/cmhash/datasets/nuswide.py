@@ -47,9 +47,12 @@ def _require(path: Path, what: str) -> Path:
     return path
 
 
-def read_image_list(root: Path) -> list[str]:
-    """Each image's path under ``Flickr/``: the last two parts of its Imagelist line."""
-    path = _require(root / IMAGE_LIST, "unpack the image list (ImageList.zip) into dataset.root")
+def read_image_list(root: Path) -> tuple[Path, list[str]]:
+    """The image list file and each image's path under ``Flickr/``: the last two parts of its line."""
+    folder = root / IMAGE_LIST.split("/")[0]
+    # the release spells it Imagelist.txt; some copies and scripts use ImageList.txt
+    found = [p for p in folder.glob("*.txt") if p.name.lower() == "imagelist.txt"] if folder.is_dir() else []
+    path = _require(found[0] if found else root / IMAGE_LIST, "unpack the image list (ImageList.zip) into dataset.root")
     images = []
     for number, line in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), start=1):
         parts = [p for p in re.split(r"[\\/]", line.strip()) if p]
@@ -57,7 +60,7 @@ def read_image_list(root: Path) -> list[str]:
             raise CmhashError(f"{path}:{number}: expected a path such as C:\\ImageData\\Flickr\\actor\\0001_2124494179.jpg, "
                               f"got {line!r}.")
         images.append(f"{IMAGES}/{parts[-2]}/{parts[-1]}")
-    return images
+    return path, images
 
 
 def _line_blocks(path: Path) -> Iterator[tuple[int, bytes]]:
@@ -93,8 +96,8 @@ def read_binary_rows(path: Path, width: int, n_rows: int, keep: np.ndarray | Non
         rows.append(values)
         done += n_lines
     if done != n_rows:
-        raise CmhashError(f"{path} has {done} rows but {IMAGE_LIST} lists {n_rows} images; the files are from "
-                          "different releases.")
+        raise CmhashError(f"{path} has {done} rows but the image list ({IMAGE_LIST}) has {n_rows} images; the files "
+                          "are from different releases.")
     return np.concatenate(rows) if rows else np.zeros((0, width), dtype=np.uint8)
 
 
@@ -134,7 +137,7 @@ def build(dataset: dict[str, Any], progress: bool) -> SourceData:
     if not 1 <= n_concepts <= N_CONCEPTS:
         raise CmhashError(f"params.yaml: dataset.nuswide.concepts is {n_concepts}; use 10 or 21 (at most {N_CONCEPTS}).")
     root = source_root(dataset)
-    images = read_image_list(root)
+    list_file, images = read_image_list(root)
     columns = read_concepts(root, len(images), n_concepts, progress)
     ranked = sorted(columns, key=lambda name: (-int(columns[name].sum()), name))
     names = sorted(ranked[:n_concepts])
@@ -151,7 +154,7 @@ def build(dataset: dict[str, Any], progress: bool) -> SourceData:
         raise CmhashError(f"{root}: no image carries one of the {n_concepts} most frequent concepts and a 1k tag.")
     bow = bow[tagged]
     paths = [images[i] for i in kept]
-    check_images_exist(root, paths, lambda i: f"{root / IMAGE_LIST}:{kept[i] + 1}", progress)
+    check_images_exist(root, paths, lambda i: f"{list_file}:{kept[i] + 1}", progress)
     texts = [" ".join(vocabulary[j] for j in np.flatnonzero(row)) for row in bow]
     return SourceData(labels=labels[kept], label_names=names, texts=texts, text_item=np.arange(len(kept)),
                       image_paths=paths, image_root=str(root), bag_of_words=bow, vocabulary=vocabulary,
