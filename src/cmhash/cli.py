@@ -11,7 +11,8 @@ import sys
 from pathlib import Path
 
 STAGES = {
-    "prepare": "build the dataset named by dataset.name into data/prepared/<name>.h5",
+    "prepare": "build the dataset named by dataset.name (builtin, byo, mirflickr25k, nuswide, coco, dcmh_mat, "
+               "dcmht_mat; see docs/data.md) into data/prepared/<name>.h5 and draw its split",
     "validate": "run the Great Expectations checks on the prepared file; exit 1 if any fails",
     "encode": "encode images and texts with the encoder of encode.backend into data/features/<name>.h5",
     "train": "fit one hashing method at one code length; write data/models/<method>-<bits>/",
