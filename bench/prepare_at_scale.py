@@ -4,7 +4,8 @@ No real dataset is on the development machine, so this writes files with each re
 layout and real counts - NUS-WIDE's 269,648-line image list, 81 concept files and 1k-tag matrix;
 COCO 2017's 123,287 images with about 860k instances and 616k captions; MIRFlickr-25K's 25,000
 images and tag files; a DCMH-style 20,015 x 224 x 224 x 3 v7.3 ``IAll`` - and times ``cmhash
-prepare`` on each in a fresh process, recording wall time and peak memory (the process's VmHWM). Image files are
+prepare`` and then ``cmhash validate`` on each in a fresh process, recording wall times and the
+peak memory of prepare (the process's VmHWM). Image files are
 hard links to one small JPEG (the converters only check that files exist); DCMH's pixels are real
 arrays, since the converter copies them.
 
@@ -139,13 +140,21 @@ CHILD = """
 import json, sys, time
 from pathlib import Path
 from cmhash import stages
+from cmhash.errors import ValidationFailed
 from cmhash.layout import Layout
 params = {"dataset": json.loads(sys.argv[1])}
+layout = Layout(Path(sys.argv[2]))
 started = time.perf_counter()
-stages.prepare(params, Layout(Path(sys.argv[2])), progress=False)
+stages.prepare(params, layout, progress=False)
+prepared = time.perf_counter()
 # VmHWM: the peak of this process's own memory (ru_maxrss would include the parent's, at fork)
 peak_kb = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM:"))
-print(json.dumps({"seconds": round(time.perf_counter() - started, 1), "peak_rss_mb": round(peak_kb / 1024)}))
+try:
+    failed = stages.validate(params, layout)["failed"]
+except ValidationFailed as err:  # recorded, not fatal: small --scale runs have too few items per label
+    failed = str(err).splitlines()[0]
+print(json.dumps({"seconds": round(prepared - started, 1), "peak_rss_mb": round(peak_kb / 1024),
+                  "validate_seconds": round(time.perf_counter() - prepared, 1), "validate_failed": failed}))
 """
 
 

@@ -28,6 +28,7 @@ from cmhash.datasets.source import SourceData, multi_hot, source_options, source
 from cmhash.errors import CmhashError
 
 PAIRS_FILES = ("pairs.jsonl", "pairs.csv")
+OPTIONS: dict[str, Any] = {}  # dataset.byo takes no options
 CSV_COLUMNS = ("image", "text", "labels")
 
 
@@ -121,7 +122,7 @@ def labels_matrix(pairs: list[Pair]) -> tuple[np.ndarray, list[str]]:
 
 
 def build(dataset: dict[str, Any], progress: bool) -> SourceData:
-    source_options(dataset, {})
+    source_options(dataset, OPTIONS)
     root = source_root(dataset)
     pairs = read_pairs(root)
     check_images_decode(root, pairs, progress)
