@@ -68,3 +68,18 @@ def test_finetune_needs_open_clip_towers(project):
     params["methods"]["dcmht"]["mode"] = "fine-tune"
     with pytest.raises(CmhashError, match="methods.dcmht.mode is 'fine-tune'; choose one of frozen, finetune"):
         stages.train(params, layout, "dcmht", 16, progress=False)
+
+
+@pytest.mark.gpu
+def test_finetune_on_cuda_with_mixed_precision(project, clip_config):
+    """The CUDA path: fp16 autocast and the gradient scaler (run with -m gpu on a machine with a GPU)."""
+    params, layout = project
+    params = _finetune_params(params, clip_config)
+    params["train"]["device"] = "cuda"
+    stages.validate(params, layout)
+    stages.encode(params, layout, progress=False)
+    out = stages.train(params, layout, "dcmht", 16, progress=False)
+    codes = read_codes(out / "codes.h5")
+    assert set(np.unique(codes["query"].images)) <= {-1, 1}
+    model = load_model(out / "model.pt", device="cuda")
+    assert all(np.isfinite(model.history)) and next(model.towers.parameters()).is_cuda
