@@ -152,7 +152,7 @@ peak_kb = next(int(line.split()[1]) for line in open("/proc/self/status") if lin
 try:
     failed = stages.validate(params, layout)["failed"]
 except ValidationFailed as err:  # recorded, not fatal: small --scale runs have too few items per label
-    failed = str(err).splitlines()[0]
+    failed = [line.strip() for line in str(err).splitlines()[1:-1]]  # the failed expectations
 print(json.dumps({"seconds": round(prepared - started, 1), "peak_rss_mb": round(peak_kb / 1024),
                   "validate_seconds": round(time.perf_counter() - prepared, 1), "validate_failed": failed}))
 """

@@ -57,9 +57,24 @@ def test_dcmh_files_in_either_format(tmp_path, save):
         stored_bow, words = data.bag_of_words
         np.testing.assert_array_equal(stored_bow, bow)
         assert words == [] and data.label_names == [f"label{i}" for i in range(1, C + 1)]
-        assert data.summary == {"items": N, "vocabulary": V, "image_size": 12}
+        assert data.summary == {"items": N, "vocabulary": V, "image_size": 12, "items_without_words": 0}
     report = stages.validate(params, layout)
     assert report["failed"] == 0 and report["source_summary"]["items"] == N
+
+
+def test_items_without_words_are_kept_and_counted(tmp_path):
+    from cmhash.errors import ValidationFailed
+
+    root = tmp_path / "raw"
+    _, bow, _ = _dcmh_files(root, save_v5)
+    bow = bow.astype(np.float64)
+    bow[7] = 0  # one of 60 items: more than the 1 % validate allows
+    save_v5(root / "mydata-yall.mat", {"YAll": bow})
+    params, layout = _params("dcmh_mat", root), Layout(tmp_path / "project")
+    with PreparedData(stages.prepare(params, layout, progress=False)) as data:
+        assert data.n_items == N and data.summary["items_without_words"] == 1
+    with pytest.raises(ValidationFailed, match=r"at most 1% of items have an empty bag of words .*: 1 bad row\(s\), e.g. item 7"):
+        stages.validate(params, layout)
 
 
 def test_known_prefix_expects_the_published_counts(tmp_path):

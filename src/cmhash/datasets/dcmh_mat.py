@@ -13,7 +13,8 @@ time. The files name neither the labels nor
 the words: labels are called ``label1 ...`` unless ``dataset.dcmh_mat.label_names`` lists them.
 Because the text is a bag of words, encode turns it into the text features directly
 (``encode.text: auto`` does this for any source without captions). Nothing is skipped: the files
-are the published item list, so a mismatch between them stops the stage.
+are the published item list, so a mismatch between them stops the stage, and items whose bag of
+words is empty are kept and counted (``items_without_words``; validate allows up to 1 %).
 """
 
 from __future__ import annotations
@@ -97,7 +98,8 @@ def build(dataset: dict[str, Any], progress: bool) -> SourceData:
     names = label_names(options["label_names"], labels.shape[1], "dcmh_mat.label_names", files["lall"])
     return SourceData(labels=labels, label_names=names, texts=[],
                       text_item=np.array([], dtype=np.int64), images=images, bag_of_words=bow.astype(np.uint8),
-                      summary={"items": n, "vocabulary": int(bow.shape[1]), "image_size": int(images.shape[1])})
+                      summary={"items": n, "vocabulary": int(bow.shape[1]), "image_size": int(images.shape[1]),
+                               "items_without_words": int((bow.sum(axis=1) == 0).sum())})
 
 
 def expected(dataset: dict[str, Any], summary: dict[str, int]) -> dict[str, int]:
