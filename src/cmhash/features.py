@@ -56,7 +56,7 @@ def text_source(data: PreparedData, requested: str) -> str:
     """Which text the features are made of (see the module docstring)."""
     if requested not in TEXT_SOURCES:
         raise CmhashError(f"params.yaml: encode.text is {requested!r}; choose one of {', '.join(TEXT_SOURCES)}.")
-    has_captions, has_bow = len(data.texts) > 0, "bag_of_words" in data.keys
+    has_captions, has_bow = len(data.texts) > 0, data.has_bag_of_words
     if requested == "auto":
         return "captions" if has_captions else "bag_of_words"
     if requested == "captions" and not has_captions:

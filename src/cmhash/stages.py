@@ -94,6 +94,8 @@ def _fit_on_features(model, features, splits, labels):
 def _fit_end_to_end(params, layout, model, splits, labels):
     """Fit a method that fine-tunes the open_clip towers of ``encode.open_clip`` on the train split's
     pixels and captions; encode the query and retrieval splits through them; fit seconds."""
+    import torch
+
     from cmhash.codes import SplitCodes
     from cmhash.datasets.prepared import PreparedData
     from cmhash.encoders import build_encoder
@@ -107,8 +109,6 @@ def _fit_end_to_end(params, layout, model, splits, labels):
         if len(data.texts) == 0:
             raise CmhashError(f"{path}: fine-tuning needs captions, and this dataset's text is only a bag of words; "
                               "use methods.dcmht.mode: frozen.")
-        import torch
-
         torch.manual_seed(int(params["train"].get("seed", 0)))  # reproducible towers even without pretrained weights
         towers = build_encoder({**params["encode"], "device": params["train"].get("device", "auto")})
         started = time.perf_counter()

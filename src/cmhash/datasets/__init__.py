@@ -69,5 +69,9 @@ def prepare_dataset(dataset: dict[str, Any], out_path: Path, progress: bool = Tr
 
 
 def expected_counts(dataset: dict[str, Any], summary: dict[str, int], n_labels: int) -> dict[str, int]:
-    """What validate checks: the source's own counts (labels, items, vocabulary) and the split sizes."""
-    return {**_source(dataset).expected(dataset, summary), **split_protocol(dataset).expected_sizes(n_labels)}
+    """What validate checks: the source's own counts (labels, items, vocabulary), the split sizes
+    and, where the item count is known, the retrieval size (every item that is not a query)."""
+    expected = {**_source(dataset).expected(dataset, summary), **split_protocol(dataset).expected_sizes(n_labels)}
+    if "items" in expected:
+        expected["retrieval"] = expected["items"] - expected["query"]
+    return expected

@@ -142,9 +142,8 @@ class PreparedData:
             self.image_root = root if root.is_absolute() else (self.path.parent / root)
 
     @property
-    def keys(self) -> list[str]:
-        """The datasets stored at the top of the file."""
-        return list(self._file.keys())
+    def has_bag_of_words(self) -> bool:
+        return "bag_of_words" in self._file
 
     @property
     def n_items(self) -> int:
@@ -167,7 +166,7 @@ class PreparedData:
     def bag_of_words(self) -> tuple[np.ndarray, list[str]] | None:
         """(N, V) bag-of-words rows and the vocabulary ([] when the source does not name its words),
         for sources that store a bag of words, else None."""
-        if "bag_of_words" not in self._file:
+        if not self.has_bag_of_words:
             return None
         return self._file["bag_of_words"][()], [_as_str(w) for w in self._file.attrs.get("vocabulary", [])]
 
@@ -202,8 +201,7 @@ class PreparedData:
             if self.stores_pixels:
                 yield [Image.fromarray(a) for a in self.images[start:stop]]
             else:
-                paths = self.image_paths[start:stop]
-                yield [_open_image(self.image_root / p, self.path, start + i) for i, p in enumerate(paths)]
+                yield self.load_images(np.arange(start, stop))
 
     def close(self) -> None:
         self._file.close()

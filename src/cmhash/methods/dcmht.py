@@ -88,7 +88,7 @@ class DCMHT(NetworkHash):
         self.hidden, self.quantization, self.lr, self.weight_decay = int(hidden), quantization, lr, weight_decay
         self.mode, self.clip_lr, self.warmup, self.grad_clip, self.max_words = mode, clip_lr, warmup, grad_clip, int(max_words)
         self.end_to_end = mode == "finetune"  # the train stage then calls fit_end_to_end / encode_items
-        self.towers = None  # the fine-tuned open_clip model (finetune mode)
+        self.towers = None  # the fine-tuned open_clip model (finetune mode), see _attach_towers
 
     def build_networks(self, image_dim, text_dim, label_dim):
         return {"image": select_hash_layer(image_dim, self.bits, self.hidden),
@@ -129,8 +129,7 @@ class DCMHT(NetworkHash):
         import torch
 
         torch.manual_seed(self.seed)
-        self.towers, self._preprocess, self._tokenizer = towers.model.to(self.device), towers.preprocess, towers.tokenizer
-        self.towers_spec = towers.spec()
+        self._attach_towers(towers)
         captions = items.texts_by_item()
         with torch.no_grad():  # the towers' output widths
             image_probe, text_probe = self._tower_outputs(items, rows[:1], captions, None)
@@ -154,7 +153,7 @@ class DCMHT(NetworkHash):
                 index = order[start:start + self.batch_size]
                 if len(index) < 2:
                     continue
-                with torch.autocast(device_type="cuda" if cuda else "cpu", dtype=torch.float16, enabled=cuda):
+                with self._autocast():
                     image_features, text_features = self._tower_outputs(items, rows[index], captions, caption_rng)
                     loss = self._loss(self.nets["image"](image_features.float()), self.nets["text"](text_features.float()),
                                       label_tensor[torch.as_tensor(index, device=self.device)])
@@ -168,6 +167,18 @@ class DCMHT(NetworkHash):
                 total, batches = total + loss.item(), batches + 1
             self.history.append(total / max(batches, 1))
         return self
+
+    def _attach_towers(self, towers) -> None:
+        """Take the model, preprocessing, tokenizer and architecture of an open_clip encoder."""
+        self.towers, self._preprocess, self._tokenizer = towers.model.to(self.device), towers.preprocess, towers.tokenizer
+        self.towers_spec = towers.spec()
+
+    def _autocast(self):
+        """fp16 autocast on CUDA; a no-op context on the CPU."""
+        import torch
+
+        cuda = self.device.startswith("cuda")
+        return torch.autocast(device_type="cuda" if cuda else "cpu", dtype=torch.float16, enabled=cuda)
 
     def _tokens(self, texts: list[str]):
         """Tokens truncated to ``max_words`` and padded to the model's context length."""
@@ -197,8 +208,7 @@ class DCMHT(NetworkHash):
         self.towers.eval()
         self.nets.eval()
         captions, images, texts = items.texts_by_item(), [], []
-        cuda = self.device.startswith("cuda")
-        with torch.inference_mode(), torch.autocast(device_type="cuda" if cuda else "cpu", dtype=torch.float16, enabled=cuda):
+        with torch.inference_mode(), self._autocast():
             for start in tqdm(range(0, len(item_rows), chunk), desc="DCMHT finetune encoding", unit="chunk", disable=not self.progress):
                 image_features, text_features = self._tower_outputs(items, item_rows[start:start + chunk], captions, None)
                 images.append(self.image_output(image_features.float()).float().cpu().numpy())
@@ -218,8 +228,7 @@ class DCMHT(NetworkHash):
 
             towers = OpenClipEncoder.from_spec(state["towers"]["spec"], device=self.device)
             towers.model.load_state_dict(state["towers"]["weights"])
-            self.towers, self._preprocess, self._tokenizer = towers.model, towers.preprocess, towers.tokenizer
-            self.towers_spec = state["towers"]["spec"]
+            self._attach_towers(towers)
 
 
 def warmup_cosine(total_steps: int, warmup: float):
