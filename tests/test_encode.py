@@ -88,6 +88,21 @@ def test_encode_resumes_after_interruption(project, clip_config):
     assert np.allclose(np.linalg.norm(a.images, axis=1), 1, atol=1e-5)
 
 
+def test_encoding_the_same_data_again_gives_the_same_file(project, clip_config):
+    """The finished file must not depend on when the prepared file was written (DVC hashes it)."""
+    import hashlib
+    import os
+
+    _, layout = project
+    encoder = build_encoder({"backend": "open_clip", "device": "cpu", "open_clip": {"model": "tiny-clip-test", "model_config": str(clip_config)}})
+    prepared, out = layout.prepared("builtin"), layout.features("builtin")
+    encode_dataset(prepared, out, encoder, batch_size=64, progress=False)
+    first = hashlib.md5(out.read_bytes()).hexdigest()
+    os.utime(prepared, ns=(1, 1))  # as after `dvc repro -f prepare`: same content, new mtime
+    encode_dataset(prepared, out, encoder, batch_size=64, progress=False)
+    assert hashlib.md5(out.read_bytes()).hexdigest() == first
+
+
 def test_encode_stage_with_multiple_captions(project, clip_config):
     from conftest import tiny_params
 

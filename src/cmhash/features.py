@@ -14,6 +14,7 @@ file is renamed into place, so a reader never sees a half-encoded file.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from dataclasses import dataclass
@@ -72,13 +73,13 @@ def encode_dataset(prepared_path: Path, out_path: Path, encoder: Encoder, batch_
     """Encode every image and every text of a prepared file into ``out_path`` (resumable)."""
     out_path = Path(out_path)
     partial = out_path.with_name(out_path.name + ".partial")
-    stat = Path(prepared_path).stat()
     out_path.parent.mkdir(parents=True, exist_ok=True)
     with PreparedData(prepared_path) as data:
         text = text_source(data, text)
+        # the prepared file's content, not its mtime: the fingerprint stays in the finished file, so
+        # encoding the same data again must give the same bytes (DVC then reruns nothing downstream)
         fingerprint = json.dumps(
-            {"encoder": encoder.name, "settings": encoder.settings(), "text": text, "prepared_size": stat.st_size,
-             "prepared_mtime_ns": stat.st_mtime_ns},
+            {"encoder": encoder.name, "settings": encoder.settings(), "text": text, "prepared_md5": _file_md5(prepared_path)},
             sort_keys=True,
         )
         with h5py.File(partial, "a") as f:
@@ -104,6 +105,14 @@ def encode_dataset(prepared_path: Path, out_path: Path, encoder: Encoder, batch_
                 }
             )
     os.replace(partial, out_path)
+
+
+def _file_md5(path: Path, block: int = 1 << 24) -> str:
+    digest = hashlib.md5()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(block):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def _store(f: h5py.File, name: str, start: int, rows: np.ndarray, total: int) -> None:
