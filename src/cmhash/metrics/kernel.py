@@ -5,15 +5,18 @@ described by per-distance counts plus, for ties broken by retrieval index, each 
 inside its distance bucket. For each query the kernel makes
 
 1. a counting pass over the retrieval set: the distance and relevance of every item, the number of
-   items and of relevant items at each distance, and, for each relevant item, its running position
-   inside its bucket (the count of items at the same distance with a lower or equal index);
+   items and of relevant items at each distance, and, for each relevant item, its running positions
+   inside its bucket (the count of items, and of relevant items, at the same distance with a lower
+   or equal index);
 2. a pass over the relevant items only: with the bucket offsets from pass 1, a relevant item's rank
    under "ties by retrieval index" is ``items_before(d) + position`` and the number of relevant items
    ranked at or above it is ``relevant_before(d) + its ordinal in the bucket``. From these the AP sums
-   of every protocol follow, each a sum over relevant items.
+   of every protocol follow, each a sum over relevant items. Both positions come from pass 1, so
+   the items of this pass are independent of each other (no running counter in memory that
+   consecutive items of one bucket would wait on).
 
 This is a counting sort whose output is consumed on the fly: O(n) per query with O(K) state, the
-retrieval set read once per query, memory bounded by one n-sized buffer per thread. Pass 2 is
+retrieval set read once per query, memory bounded by one n-sized int64 buffer per thread. Pass 2 is
 skipped when only per-distance counts are needed (tie rule "average", precision-recall by radius).
 Queries run in parallel over the CPU's cores (numba ``prange``).
 """
@@ -38,9 +41,11 @@ def _popcount(typingctx, word):
     return signature, codegen
 
 
-# A relevant item is packed as (position in bucket << 8 | distance) into an int32.
+# Bucket words and packed relevant items are int64: (items counted << 32) | (relevant counted << 8) | distance.
 MAX_BITS = 255
-MAX_RETRIEVAL = 2**23 - 1
+MAX_RETRIEVAL = 2**24 - 1
+_ITEM = np.int64(1) << 32
+_RELEVANT = np.int64(1) << 8
 
 
 @dataclass(frozen=True)
@@ -68,9 +73,11 @@ class RankStatistics:
 def _tally(distance, is_relevant, bucket_words, packed, n_relevant):
     """Count one retrieval item into its bucket; returns the new number of packed relevant items.
 
-    ``bucket_words[d]`` holds (items counted at distance d) << 8 | d, so one add of 256 both counts
-    the item and gives its packed (position << 8 | distance) word: the hot loop's only state."""
-    word = bucket_words[distance] + 256
+    ``bucket_words[d]`` holds (items << 32) | (relevant items << 8) | d for the items counted so
+    far at distance d, so one add both counts the item and gives its packed word: its position
+    among the items and among the relevant items of its bucket, and its distance. The hot loop's
+    only state; storing both positions here keeps pass 2 free of running counters."""
+    word = bucket_words[distance] + (_ITEM | (is_relevant * _RELEVANT))
     bucket_words[distance] = word
     # written for every item, kept only for relevant ones: branch-free compaction
     packed[n_relevant] = word
@@ -90,30 +97,28 @@ def _shares_label(query_label, retrieval_label):
     shared = np.uint64(0)
     for w in range(query_label.shape[0]):
         shared |= query_label[w] & retrieval_label[w]
-    return np.int32(shared != 0)
+    return np.int64(shared != 0)
 
 
 @njit(cache=True)
 def _count_pass(query_code, retrieval_codes, query_label, retrieval_labels, items_at, relevant_at, packed):
-    """Pass 1 for one query. Fills the bucket counts; packs (position << 8 | distance) of each
-    relevant item, in retrieval order, into ``packed``; returns how many were packed."""
-    bucket_words = np.arange(items_at.shape[0]).astype(np.int32)  # count 0, distance d
+    """Pass 1 for one query. Fills the bucket counts; packs the bucket word of each relevant item
+    (see ``_tally``), in retrieval order, into ``packed``; returns how many were packed."""
+    bucket_words = np.arange(items_at.shape[0]).astype(np.int64)  # counts 0, distance d
     n_relevant = 0
     if retrieval_codes.shape[1] == 1 and retrieval_labels.shape[1] == 1:
         # <= 64 bits and <= 64 labels, the common case: no inner word loops (about 1.6x faster)
         code, label = query_code[0], query_label[0]
         for j in range(retrieval_codes.shape[0]):
-            n_relevant = _tally(_popcount(code ^ retrieval_codes[j, 0]), np.int32((label & retrieval_labels[j, 0]) != 0),
+            n_relevant = _tally(_popcount(code ^ retrieval_codes[j, 0]), np.int64((label & retrieval_labels[j, 0]) != 0),
                                 bucket_words, packed, n_relevant)
     else:
         for j in range(retrieval_codes.shape[0]):
             n_relevant = _tally(_distance(query_code, retrieval_codes[j]), _shares_label(query_label, retrieval_labels[j]),
                                 bucket_words, packed, n_relevant)
     for d in range(items_at.shape[0]):
-        items_at[d] = bucket_words[d] >> 8
-        relevant_at[d] = 0
-    for t in range(n_relevant):  # relevant items per distance: a loop over the relevant items only
-        relevant_at[packed[t] & 0xFF] += 1
+        items_at[d] = bucket_words[d] >> 32
+        relevant_at[d] = (bucket_words[d] >> 8) & 0xFFFFFF
     return n_relevant
 
 
@@ -123,11 +128,11 @@ def _relevant_pass(packed, n_relevant, items_at, relevant_at, ks, r_values, rank
     """Pass 2 for one query: AP sums for every depth in ``ks`` and hits for every R in ``r_values``."""
     n_buckets = items_at.shape[0]
     items_before = np.empty(n_buckets, np.int64)
-    hits_so_far = np.empty(n_buckets, np.int64)
+    relevant_before = np.empty(n_buckets, np.int64)
     items, relevant = 0, 0
     for d in range(n_buckets):
         items_before[d] = items
-        hits_so_far[d] = relevant
+        relevant_before[d] = relevant
         items += items_at[d]
         relevant += relevant_at[d]
     # A depth k at or beyond the list's end (or, for the DCMHT protocol, beyond R) takes every
@@ -147,10 +152,10 @@ def _relevant_pass(packed, n_relevant, items_at, relevant_at, ks, r_values, rank
     # two partial sums (even and odd t), so that consecutive additions do not wait for each other
     even_sum, odd_sum = 0.0, 0.0
     for t in range(n_relevant):
-        distance = packed[t] & 0xFF
-        rank = items_before[distance] + (packed[t] >> 8)
-        hits_so_far[distance] += 1
-        hits = hits_so_far[distance]
+        word = packed[t]
+        distance = word & 0xFF
+        rank = items_before[distance] + (word >> 32)
+        hits = relevant_before[distance] + ((word >> 8) & 0xFFFFFF)
         precision = hits / rank
         if t & 1:
             odd_sum += precision
@@ -193,7 +198,7 @@ def _scan(query_codes, retrieval_codes, query_labels, retrieval_labels, bits, ks
     max_r = r_values[-1] if r_values.shape[0] else 0
     per_thread = (n_queries + n_threads - 1) // n_threads
     for thread in prange(n_threads):
-        packed = np.empty(n, np.int32)  # one buffer per thread, reused for all its queries
+        packed = np.empty(n, np.int64)  # one buffer per thread, reused for all its queries
         rank_hits = np.empty(max_r + 1, np.int64)
         for q in range(thread * per_thread, min(n_queries, (thread + 1) * per_thread)):
             n_relevant = _count_pass(query_codes[q], retrieval_codes, query_labels[q], retrieval_labels,
