@@ -1,5 +1,6 @@
 """The ``cmhash`` command line: one subcommand per pipeline stage (what dvc.yaml calls), plus
-``plots-page``, which renders the DVC plots as an HTML page that works offline.
+``tune``, which chooses a method's settings on a validation split carved from the training split,
+and ``plots-page``, which renders the DVC plots as an HTML page that works offline.
 
 Heavy libraries are imported inside the stage functions, so ``cmhash --help`` stays fast.
 """
@@ -40,6 +41,19 @@ def build_parser() -> argparse.ArgumentParser:
         if name in ("train", "evaluate"):
             stage.add_argument("--method", required=True, help="hashing method, e.g. djsrh, lsh, itq")
             stage.add_argument("--bits", required=True, type=int, help="code length in bits, e.g. 64")
+    tune_help = ("choose a method's settings on a validation split carved from the training split (never the query set): "
+                 "fit every combination of --grid and write reports/tune/<method>-<bits>.md")
+    tune = sub.add_parser("tune", help=tune_help, description=tune_help)
+    tune.add_argument("--params", default="params.yaml", type=Path, help="parameter file (default: params.yaml)")
+    tune.add_argument("--root", default=Path("."), type=Path, help="project folder that holds data/ (default: .)")
+    tune.add_argument("--method", required=True, help="hashing method, e.g. dcmht")
+    tune.add_argument("--bits", required=True, type=int, help="code length in bits, e.g. 64")
+    tune.add_argument("--grid", action="append", default=[], metavar="NAME=V1,V2",
+                      help="a setting of methods.<method> and the values to try; repeat for more settings "
+                           "(every combination is fitted). Without --grid, scores the params.yaml settings.")
+    tune.add_argument("--validation", type=float, default=0.2,
+                      help="share of the training items held out as validation queries (default: 0.2)")
+    tune.add_argument("--quiet", action="store_true", help="no progress output")
     page_help = "render the DVC plots (dvc plots show) as an HTML page with vega inlined, so it opens with no network"
     page = sub.add_parser("plots-page", help=page_help, description=page_help)
     page.add_argument("--root", default=Path("."), type=Path, help="the DVC project (default: .)")
@@ -84,6 +98,13 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{args.method} {args.bits} bits: {summary}")
         elif args.stage == "report":
             print(f"wrote {stages.report(params, layout)}")
+        elif args.stage == "tune":
+            from cmhash.tuning import parse_grid, render_table, tune
+
+            result = tune(params, layout, args.method, args.bits, parse_grid(args.grid), args.validation, progress,
+                          log=None if args.quiet else lambda line: print(line, flush=True))
+            print(render_table(result))
+            print(f"wrote {layout.tune_report(args.method, args.bits)}.md and .json")
     except CmhashError as err:
         print(f"cmhash {args.stage}: error: {err}", file=sys.stderr)
         return 1

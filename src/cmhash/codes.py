@@ -34,6 +34,14 @@ class SplitCodes:
     pairs: np.ndarray | None = None
 
 
+def retrieval_directions(query: SplitCodes, retrieval: SplitCodes) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """The (query codes, retrieval codes) of each retrieval direction: image-to-text and
+    text-to-image, or pair-to-pair for fused codes."""
+    if query.pairs is not None:
+        return {"p2p": (query.pairs, retrieval.pairs)}
+    return {"i2t": (query.images, retrieval.texts), "t2i": (query.texts, retrieval.images)}
+
+
 def write_codes(path: Path, method: str, bits: int, codes: dict[str, SplitCodes]) -> None:
     with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
         for name in SETS:

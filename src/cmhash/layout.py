@@ -34,3 +34,7 @@ class Layout:
 
     def results_report(self) -> Path:
         return self.root / "reports" / "results.md"
+
+    def tune_report(self, method: str, bits: int) -> Path:
+        """``cmhash tune`` writes this with the suffixes .json and .md."""
+        return self.root / "reports" / "tune" / f"{method}-{bits}"

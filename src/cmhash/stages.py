@@ -75,20 +75,20 @@ def train(params: dict[str, Any], layout: Layout, method: str, bits: int, progre
 
 def _fit_on_features(model, features, splits, labels):
     """Fit on the train split's features; the codes of the query and retrieval splits; fit seconds."""
-    from cmhash.codes import SplitCodes
-
     started = time.perf_counter()
     train_idx = splits["train"]
     model.fit(features.images[train_idx], features.texts[train_idx], labels=labels[train_idx], aligned=features.aligned)
     seconds = time.perf_counter() - started
-    codes = {}
-    for split in ("query", "retrieval"):
-        rows = splits[split]
-        if getattr(model, "fused", False):  # one code per image-text pair
-            codes[split] = SplitCodes(rows, pairs=model.encode_pairs(features.images[rows], features.texts[rows]))
-        else:
-            codes[split] = SplitCodes(rows, images=model.encode_images(features.images[rows]), texts=model.encode_texts(features.texts[rows]))
-    return codes, seconds
+    return {split: encode_rows(model, features, splits[split]) for split in ("query", "retrieval")}, seconds
+
+
+def encode_rows(model, features, rows):
+    """The codes of the items ``rows`` from their features: per modality, or per pair for fused codes."""
+    from cmhash.codes import SplitCodes
+
+    if getattr(model, "fused", False):  # one code per image-text pair
+        return SplitCodes(rows, pairs=model.encode_pairs(features.images[rows], features.texts[rows]))
+    return SplitCodes(rows, images=model.encode_images(features.images[rows]), texts=model.encode_texts(features.texts[rows]))
 
 
 def _fit_end_to_end(params, layout, model, splits, labels):
@@ -123,7 +123,7 @@ def _fit_end_to_end(params, layout, model, splits, labels):
 
 def evaluate(params: dict[str, Any], layout: Layout, method: str, bits: int, progress: bool = True) -> dict[str, Any]:
     """I->T and T->I retrieval metrics and curves for one trained method and code length."""
-    from cmhash.codes import read_codes
+    from cmhash.codes import read_codes, retrieval_directions
     from cmhash.datasets.prepared import PreparedData
     from cmhash.metrics import evaluate_retrieval
     from cmhash.metrics.report import DEFAULT_MAP_KS
@@ -135,16 +135,9 @@ def evaluate(params: dict[str, Any], layout: Layout, method: str, bits: int, pro
     with PreparedData(layout.prepared(params["dataset"]["name"])) as data:
         labels = data.labels
     query_labels, retrieval_labels = labels[codes["query"].index], labels[codes["retrieval"].index]
-    if codes["query"].pairs is not None:  # fused codes: pair-to-pair retrieval
-        directions = {"p2p": (codes["query"].pairs, codes["retrieval"].pairs)}
-    else:
-        directions = {
-            "i2t": (codes["query"].images, codes["retrieval"].texts),
-            "t2i": (codes["query"].texts, codes["retrieval"].images),
-        }
     results: dict[str, Any] = {}
     plots = layout.plots_dir(method, bits)
-    for direction, (query, retrieval) in directions.items():
+    for direction, (query, retrieval) in retrieval_directions(codes["query"], codes["retrieval"]).items():
         report = evaluate_retrieval(query, retrieval, query_labels, retrieval_labels, map_ks, top_r, progress=progress,
                                     device=settings.get("device", "auto"))
         results[direction] = report.scores
