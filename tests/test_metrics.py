@@ -145,6 +145,13 @@ def test_larger_problem_with_long_codes_matches_reference():
         assert metrics.mean_average_precision(*problem, k=k) == pytest.approx(_reference_map(*problem, k=k), abs=1e-9)
 
 
+def test_buckets_with_thousands_of_items_and_relevant_items():
+    # 4-bit codes and two labels: each distance bucket holds hundreds to thousands of items, most of
+    # them relevant, so the per-bucket counters in the kernel's packed words go well past 8 bits
+    problem = _random_problem(11, n_query=5, n_retrieval=6000, bits=4, n_labels=2)
+    assert metrics.mean_average_precision(*problem) == pytest.approx(_reference_map(*problem), abs=1e-9)
+
+
 def test_average_ties_at_scale_agree_with_sampled_orders():
     # no enumeration possible here: the exact expectation must sit inside the spread of random orders
     q, r, ql, rl = _random_problem(3, n_query=4, n_retrieval=400, bits=6)
@@ -287,3 +294,14 @@ def test_cuda_gives_the_cpu_numbers():
                            for sub, v in (value.items() if isinstance(value, dict) else [("", value)])}
     assert flat(on_gpu.scores) == pytest.approx(flat(on_cpu.scores), abs=2e-6)  # scores are rounded to 6 places
     assert np.allclose(on_gpu.precision_at_r, on_cpu.precision_at_r, atol=1e-12)
+
+
+def test_kernel_limits_are_clear_errors():
+    from cmhash.metrics.kernel import MAX_RETRIEVAL, scan_rankings
+
+    one = np.zeros((1, 1), np.uint64)
+    too_many = np.broadcast_to(one, (MAX_RETRIEVAL + 1, 1))  # a view: no memory for 16.7M items
+    with pytest.raises(ValueError, match="retrieval sets of up to 16,777,215 items"):
+        scan_rankings(one, too_many, one, too_many, 64, [1], [])
+    with pytest.raises(ValueError, match="up to 255 bits"):
+        scan_rankings(np.zeros((1, 4), np.uint64), np.zeros((3, 4), np.uint64), one, np.zeros((3, 1), np.uint64), 256, [1], [])
