@@ -89,3 +89,34 @@ def test_fine_tuning_cannot_be_tuned_on_features(encoded):
     params, layout = encoded
     with pytest.raises(CmhashError, match="mode=frozen"):
         tune(params, layout, "dcmht", 16, {"mode": ["frozen", "finetune"]})
+
+
+def test_an_interrupted_grid_keeps_its_finished_runs_and_resume_reuses_them(encoded, monkeypatch):
+    from cmhash import tuning
+
+    params, layout = encoded
+    grid = {"iterations": [1, 5, 20]}
+    real = tuning._fit_and_score
+    fitted = []
+
+    def interrupted_after_two(model, *args):
+        if len(fitted) == 2:
+            raise KeyboardInterrupt
+        fitted.append(model.iterations)
+        return real(model, *args)
+
+    monkeypatch.setattr(tuning, "_fit_and_score", interrupted_after_two)
+    with pytest.raises(KeyboardInterrupt):
+        tune(params, layout, "itq", 16, grid)
+    saved = json.loads((layout.root / "reports" / "tune" / "itq-16.json").read_text())
+    assert sorted(run["settings"]["iterations"] for run in saved["runs"]) == [1, 5]
+
+    fitted.clear()
+    monkeypatch.setattr(tuning, "_fit_and_score", lambda model, *args: fitted.append(model.iterations) or real(model, *args))
+    result = tune(params, layout, "itq", 16, grid, resume=True)
+    assert fitted == [20] and len(result["runs"]) == 3
+    # a different base setting is another experiment: nothing is reused
+    params["methods"]["itq"]["iterations"] = 7
+    fitted.clear()
+    tune(params, layout, "itq", 16, {"iterations": [1]}, resume=True)
+    assert fitted == [1]

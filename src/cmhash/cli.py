@@ -53,6 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
                            "(every combination is fitted). Without --grid, scores the params.yaml settings.")
     tune.add_argument("--validation", type=float, default=0.2,
                       help="share of the training items held out as validation queries (default: 0.2)")
+    tune.add_argument("--resume", action="store_true",
+                      help="reuse the combinations an earlier, interrupted tune of this method and length finished "
+                           "(same features, base settings, seed and validation share)")
     tune.add_argument("--quiet", action="store_true", help="no progress output")
     page_help = "render the DVC plots (dvc plots show) as an HTML page with vega inlined, so it opens with no network"
     page = sub.add_parser("plots-page", help=page_help, description=page_help)
@@ -102,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
             from cmhash.tuning import parse_grid, render_table, tune
 
             result = tune(params, layout, args.method, args.bits, parse_grid(args.grid), args.validation, progress,
-                          log=None if args.quiet else lambda line: print(line, flush=True))
+                          log=None if args.quiet else lambda line: print(line, flush=True), resume=args.resume)
             print(render_table(result))
             print(f"wrote {layout.tune_report(args.method, args.bits)}.md and .json")
     except CmhashError as err:

@@ -11,12 +11,17 @@ numbers that `dvc repro` reports. The split is seeded (``train.seed``), so rerun
 Settings not in the grid are the method's params.yaml settings, dataset overrides included. The
 validation items' labels are used only to score; the fit sees the labels of its own items.
 Results go to ``reports/tune/M-K.json`` (every combination, its scores and fit time) and a
-Markdown table ``reports/tune/M-K.md``, best first.
+Markdown table ``reports/tune/M-K.md``, best first. Both are rewritten (atomically) after every
+combination, so an interrupted grid keeps what it finished; ``resume=True`` (``--resume``) then
+reuses the finished combinations of that earlier run when it was made on the same features with
+the same base settings, seed and validation share (not after a change to the method's code: that
+is what a plain rerun is for).
 """
 
 from __future__ import annotations
 
 import itertools
+import json
 import time
 from typing import Any
 
@@ -66,17 +71,13 @@ def carve_validation(train_rows: np.ndarray, share: float, seed: int) -> tuple[n
 
 
 def tune(params: dict[str, Any], layout, method: str, bits: int, grid: dict[str, list[Any]],
-         share: float = DEFAULT_VALIDATION_SHARE, progress: bool = False, log=None) -> dict[str, Any]:
+         share: float = DEFAULT_VALIDATION_SHARE, progress: bool = False, log=None, resume: bool = False) -> dict[str, Any]:
     """Fit and score every combination of ``grid``; write and return the results (best first).
     ``progress`` shows the methods' progress bars; ``log`` (e.g. ``print``) is told each combination."""
-    from cmhash.atomic import write_json, write_text
-    from cmhash.codes import retrieval_directions
     from cmhash.datasets.prepared import PreparedData
     from cmhash.features import read_features
     from cmhash.methods import build_method
-    from cmhash.metrics import evaluate_retrieval
     from cmhash.params import method_params
-    from cmhash.stages import encode_rows
 
     name = params["dataset"]["name"]
     seed = int(params["train"].get("seed", 0))
@@ -90,32 +91,73 @@ def tune(params: dict[str, Any], layout, method: str, bits: int, grid: dict[str,
         train_rows, labels = data.splits["train"], data.labels
     fit_rows, validation_rows = carve_validation(train_rows, share, seed)
 
-    runs = []
-    for number, changes in enumerate(combinations, 1):
-        settings = {**base, **changes}
-        if log:
-            log(f"[{number}/{len(combinations)}] {method} {bits} bits: {_describe(changes)}")
-        model = build_method(method, bits, settings, seed, params["train"].get("device", "auto"), progress=progress)
-        started = time.perf_counter()
-        model.fit(features.images[fit_rows], features.texts[fit_rows], labels=labels[fit_rows], aligned=features.aligned)
-        seconds = time.perf_counter() - started
-        directions = retrieval_directions(encode_rows(model, features, validation_rows), encode_rows(model, features, fit_rows))
-        scores = {direction: evaluate_retrieval(query, database, labels[validation_rows], labels[fit_rows], map_ks=(50,)).scores
-                  for direction, (query, database) in directions.items()}
-        runs.append({"settings": changes,
-                     "map_all": {direction: score["map_all"] for direction, score in scores.items()},
-                     "map_50": {direction: score["map_50"] for direction, score in scores.items()},
-                     "mean_map_all": round(float(np.mean([score["map_all"] for score in scores.values()])), 6),
-                     "fit_seconds": round(seconds, 2)})
-    runs.sort(key=lambda run: -run["mean_map_all"])  # stable: ties keep the grid's order
-
-    result = {"method": method, "bits": bits, "dataset": name, "seed": seed, "validation_share": share,
-              "fit_items": int(len(fit_rows)), "validation_items": int(len(validation_rows)),
-              "base_settings": base, "grid": grid, "runs": runs}
     out = layout.tune_report(method, bits)
+    result = {"method": method, "bits": bits, "dataset": name, "seed": seed, "validation_share": share,
+              "features": _features_fingerprint(layout.features(name)), "fit_items": int(len(fit_rows)),
+              "validation_items": int(len(validation_rows)), "base_settings": base, "grid": grid, "runs": []}
+    finished = _finished_runs(out.with_suffix(".json"), result) if resume else {}
+    for number, changes in enumerate(combinations, 1):
+        run = finished.get(_key(changes))
+        if log:
+            log(f"[{number}/{len(combinations)}] {method} {bits} bits: {_describe(changes)}"
+                + (" (kept from the earlier run)" if run else ""))
+        if run is None:
+            model = build_method(method, bits, {**base, **changes}, seed, params["train"].get("device", "auto"), progress=progress)
+            run = {"settings": changes, **_fit_and_score(model, features, labels, fit_rows, validation_rows)}
+        result["runs"].append(run)
+        _write(out, result)
+    return result
+
+
+def _fit_and_score(model, features, labels, fit_rows, validation_rows) -> dict[str, Any]:
+    """Fit on ``fit_rows``; mAP@all and mAP@50 of the validation items against the fitted items."""
+    from cmhash.codes import retrieval_directions
+    from cmhash.metrics import evaluate_retrieval
+    from cmhash.stages import encode_rows
+
+    started = time.perf_counter()
+    model.fit(features.images[fit_rows], features.texts[fit_rows], labels=labels[fit_rows], aligned=features.aligned)
+    seconds = time.perf_counter() - started
+    directions = retrieval_directions(encode_rows(model, features, validation_rows), encode_rows(model, features, fit_rows))
+    scores = {direction: evaluate_retrieval(query, database, labels[validation_rows], labels[fit_rows], map_ks=(50,)).scores
+              for direction, (query, database) in directions.items()}
+    return {"map_all": {direction: score["map_all"] for direction, score in scores.items()},
+            "map_50": {direction: score["map_50"] for direction, score in scores.items()},
+            "mean_map_all": round(float(np.mean([score["map_all"] for score in scores.values()])), 6),
+            "fit_seconds": round(seconds, 2)}
+
+
+def _write(out, result: dict[str, Any]) -> None:
+    """Write the results so far, best first (a stable sort: ties keep the grid's order)."""
+    from cmhash.atomic import write_json, write_text
+
+    result["runs"].sort(key=lambda run: -run["mean_map_all"])
     write_json(out.with_suffix(".json"), result)
     write_text(out.with_suffix(".md"), render_table(result) + "\n")
-    return result
+
+
+def _key(changes: dict[str, Any]) -> str:
+    return json.dumps(changes, sort_keys=True)
+
+
+def _features_fingerprint(path) -> str:
+    """What the features file was encoded from (encoder, its settings, the prepared file's md5)."""
+    import h5py
+
+    with h5py.File(path, "r") as f:
+        return str(f.attrs.get("fingerprint", ""))
+
+
+def _finished_runs(path, result: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The runs of an earlier tune written to ``path`` with the same identity as ``result``, by settings."""
+    try:
+        earlier = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    identity = ("method", "bits", "dataset", "seed", "validation_share", "features", "base_settings")
+    if any(earlier.get(field) != result[field] for field in identity):
+        return {}
+    return {_key(run["settings"]): run for run in earlier.get("runs", [])}
 
 
 def _describe(changes: dict[str, Any]) -> str:
