@@ -11,7 +11,7 @@ from cmhash.codes import read_codes
 from cmhash.datasets.prepared import PreparedData
 from cmhash.errors import CmhashError
 from cmhash.methods import load_model
-from cmhash.methods.dcmht import warmup_cosine
+from cmhash.methods.dcmht import prefetched, warmup_cosine
 
 
 def test_warmup_then_cosine_schedule():
@@ -21,6 +21,27 @@ def test_warmup_then_cosine_schedule():
     assert after[0] == 1.0 and all(a >= b for a, b in zip(after, after[1:]))
     assert factor(55) == pytest.approx(0.5 * (1 + math.cos(math.pi * 45 / 90)))
     assert factor(99) < 0.001
+
+
+def test_prefetched_batches_come_in_order_and_are_prepared_one_ahead():
+    import threading
+    import time
+
+    prepared, consumed = [], []
+
+    def prepare(batch):
+        time.sleep(0.01 * (3 - batch))  # earlier batches take longer: order must not depend on speed
+        prepared.append((batch, threading.current_thread() is threading.main_thread()))
+        return batch * 10
+
+    for batch, value in prefetched([0, 1, 2, 3], prepare):
+        consumed.append((batch, value))
+        # the next batch is being prepared while this one is in use: never more than one ahead
+        assert len(prepared) <= batch + 2
+    assert consumed == [(0, 0), (1, 10), (2, 20), (3, 30)]
+    assert [batch for batch, _ in prepared] == [0, 1, 2, 3]
+    assert not any(on_main for _, on_main in prepared)
+    assert list(prefetched([], prepare)) == []
 
 
 def _finetune_params(params, clip_config):

@@ -21,7 +21,9 @@ Two modes (``mode`` in params.yaml):
   warm-up over the first ``warmup`` (10 %) of the steps then a cosine decay to 0, gradient norm
   clipped at ``grad_clip`` (1.0), texts truncated to ``max_words`` (32) tokens, one caption per item
   drawn (seeded) each epoch when an item has several, fp16 autocast with a gradient scaler on
-  CUDA (fp32 on the CPU). Codes come from the fine-tuned towers, and the saved model holds them.
+  CUDA (fp32 on the CPU). Each batch's images are decoded, preprocessed and tokenised in a
+  background thread while the previous batch trains (``prefetched``). Codes come from the
+  fine-tuned towers, and the saved model holds them.
 Labels of the training split only are used; epochs are fixed (the public code picks the best epoch
 on the query set, separately per direction: not done here).
 
@@ -134,7 +136,7 @@ class DCMHT(NetworkHash):
         self._attach_towers(towers)
         captions = items.texts_by_item()
         with torch.no_grad():  # the towers' output widths
-            image_probe, text_probe = self._tower_outputs(items, rows[:1], captions, None)
+            image_probe, text_probe = self._tower_outputs(*self._batch_inputs(items, rows[:1], captions, None))
         self._build({"image": image_probe.shape[1], "text": text_probe.shape[1], "label": labels.shape[1]})
         label_tensor = torch.as_tensor(labels, dtype=torch.float32, device=self.device)
         optimizer = torch.optim.AdamW(
@@ -150,13 +152,13 @@ class DCMHT(NetworkHash):
         self.nets.train()
         for epoch in tqdm(range(self.epochs), desc=f"DCMHT finetune {self.bits} bits", unit="epoch", disable=not self.progress):
             order = torch.randperm(len(rows), generator=generator).numpy()
+            batch_indices = [order[start:start + self.batch_size] for start in range(0, len(rows), self.batch_size)]
             total, batches = 0.0, 0
-            for start in range(0, len(rows), self.batch_size):
-                index = order[start:start + self.batch_size]
-                if len(index) < 2:
-                    continue
+            # pixels and tokens of the next batch are prepared in a background thread while this one trains
+            for index, (pixels, tokens) in prefetched([index for index in batch_indices if len(index) >= 2],
+                                                      lambda index: self._batch_inputs(items, rows[index], captions, caption_rng)):
                 with self._autocast():
-                    image_features, text_features = self._tower_outputs(items, rows[index], captions, caption_rng)
+                    image_features, text_features = self._tower_outputs(pixels, tokens)
                     loss = self._loss(self.nets["image"](image_features.float()), self.nets["text"](text_features.float()),
                                       label_tensor[torch.as_tensor(index, device=self.device)])
                 optimizer.zero_grad()
@@ -182,23 +184,27 @@ class DCMHT(NetworkHash):
         cuda = self.device.startswith("cuda")
         return torch.autocast(device_type="cuda" if cuda else "cpu", dtype=torch.float16, enabled=cuda)
 
-    def _tokens(self, texts: list[str]):
-        """Tokens truncated to ``max_words`` and padded to the model's context length."""
-        import torch.nn.functional as F
-
-        context = int(self.towers.context_length)
-        tokens = self._tokenizer(texts, context_length=min(self.max_words, context))
-        return F.pad(tokens, (0, context - tokens.shape[1])).to(self.device)
-
-    def _tower_outputs(self, items, item_rows, captions, caption_rng):
-        """Tower features of items ``item_rows``: one caption each (drawn when ``caption_rng`` is given,
-        else the first), images through the encoder's preprocessing."""
+    def _batch_inputs(self, items, item_rows, captions, caption_rng):
+        """CPU side of a batch of items ``item_rows``: pixels through the encoder's preprocessing and
+        tokens of one caption each (drawn when ``caption_rng`` is given, else the first), truncated
+        to ``max_words`` and padded to the model's context length. Pinned on CUDA for fast copies."""
         import torch
+        import torch.nn.functional as F
 
         texts = [captions[i][caption_rng.integers(len(captions[i]))] if caption_rng is not None else captions[i][0]
                  for i in item_rows]
-        pixels = torch.stack([self._preprocess(image) for image in items.load_images(item_rows)]).to(self.device)
-        return self.towers.encode_image(pixels), self.towers.encode_text(self._tokens(texts))
+        pixels = torch.stack([self._preprocess(image) for image in items.load_images(item_rows)])
+        context = int(self.towers.context_length)
+        tokens = self._tokenizer(texts, context_length=min(self.max_words, context))
+        tokens = F.pad(tokens, (0, context - tokens.shape[1]))
+        if self.device.startswith("cuda"):
+            pixels, tokens = pixels.pin_memory(), tokens.pin_memory()
+        return pixels, tokens
+
+    def _tower_outputs(self, pixels, tokens):
+        """Image and text tower features of a batch from ``_batch_inputs``."""
+        return (self.towers.encode_image(pixels.to(self.device, non_blocking=True)),
+                self.towers.encode_text(tokens.to(self.device, non_blocking=True)))
 
     def encode_items(self, items, item_rows: np.ndarray, chunk: int = 256) -> tuple[np.ndarray, np.ndarray]:
         """(image codes, text codes) of items ``item_rows`` through the fine-tuned towers; an item with
@@ -211,8 +217,10 @@ class DCMHT(NetworkHash):
         self.nets.eval()
         captions, images, texts = items.texts_by_item(), [], []
         with torch.inference_mode(), self._autocast():
-            for start in tqdm(range(0, len(item_rows), chunk), desc="DCMHT finetune encoding", unit="chunk", disable=not self.progress):
-                image_features, text_features = self._tower_outputs(items, item_rows[start:start + chunk], captions, None)
+            chunks = [item_rows[start:start + chunk] for start in range(0, len(item_rows), chunk)]
+            for _, inputs in tqdm(prefetched(chunks, lambda rows: self._batch_inputs(items, rows, captions, None)),
+                                  total=len(chunks), desc="DCMHT finetune encoding", unit="chunk", disable=not self.progress):
+                image_features, text_features = self._tower_outputs(*inputs)
                 images.append(self.image_output(image_features.float()).float().cpu().numpy())
                 texts.append(self.text_output(text_features.float()).float().cpu().numpy())
         return tuple(to_codes(np.concatenate(c) if c else np.zeros((0, self.bits))) for c in (images, texts))
@@ -231,6 +239,23 @@ class DCMHT(NetworkHash):
             towers = OpenClipEncoder.from_spec(state["towers"]["spec"], device=self.device)
             towers.model.load_state_dict(state["towers"]["weights"])
             self._attach_towers(towers)
+
+
+def prefetched(batches: list, prepare):
+    """Yield ``(batch, prepare(batch))`` in order, preparing the next batch in a background thread
+    while the caller works on the current one (image decoding and preprocessing release the GIL).
+    One worker, so ``prepare`` runs in batch order and a seeded draw inside it stays reproducible."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        pending = None
+        for batch in batches:
+            future = pool.submit(prepare, batch)
+            if pending is not None:
+                yield pending[0], pending[1].result()
+            pending = (batch, future)
+        if pending is not None:
+            yield pending[0], pending[1].result()
 
 
 def warmup_cosine(total_steps: int, warmup: float):
