@@ -49,3 +49,31 @@ def test_template_from_the_npm_registry(tmp_path):
     template = offline_template(tmp_path).read_text()
     assert "vega 5." in template and "vega-embed 6." in template  # versions recorded in a comment
     assert len(template) > 500_000  # the three minified libraries
+
+
+def _chromium():
+    return next((shutil.which(name) for name in ("chromium", "chromium-browser", "google-chrome") if shutil.which(name)), None)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("npm") is None or _chromium() is None, reason="needs npm (once, for vega) and Chromium")
+def test_the_page_renders_in_a_headless_browser_with_no_network(tmp_path):
+    """The page's plots draw with every network request refused: vega is inlined, nothing is fetched."""
+    import subprocess
+    import sys
+
+    from cmhash.plots_page import render_plots_page
+
+    project = tmp_path / "project"
+    project.mkdir()
+    subprocess.run([sys.executable, "-m", "dvc", "init", "--no-scm", "-q"], cwd=project, check=True)
+    for name in ("i2t", "t2i"):
+        (project / f"{name}.csv").write_text("R,precision\n1,0.9\n10,0.8\n100,0.6\n")
+    (project / "dvc.yaml").write_text("plots:\n  - i2t.csv: {x: R, y: precision}\n  - t2i.csv: {x: R, y: precision}\n")
+    page = render_plots_page(project, tmp_path / "page", tmp_path / "cache")
+
+    # no proxy reachable and every host unresolvable: any request for a script would fail
+    dom = subprocess.run([_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--proxy-server=127.0.0.1:9",
+                          "--host-resolver-rules=MAP * ~NOTFOUND", "--virtual-time-budget=15000", "--dump-dom",
+                          page.resolve().as_uri()], capture_output=True, text=True, timeout=120).stdout
+    assert dom.count('class="marks"') == 2  # vega-embed drew both plots
