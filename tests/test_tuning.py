@@ -85,6 +85,12 @@ def test_tune_command_writes_the_table(encoded, capsys):
     assert saved["grid"] == {"lr": [0.001, 0.01]} and len(saved["runs"]) == 2
 
 
+def test_unknown_method_fails_before_reading_any_data(project):
+    params, layout = project  # no features file: the method name is checked first
+    with pytest.raises(CmhashError, match="unknown hashing method 'nosuch'"):
+        tune(params, layout, "nosuch", 16, {})
+
+
 def test_fine_tuning_cannot_be_tuned_on_features(encoded):
     params, layout = encoded
     with pytest.raises(CmhashError, match="mode=frozen"):

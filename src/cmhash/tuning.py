@@ -76,9 +76,10 @@ def tune(params: dict[str, Any], layout, method: str, bits: int, grid: dict[str,
     ``progress`` shows the methods' progress bars; ``log`` (e.g. ``print``) is told each combination."""
     from cmhash.datasets.prepared import PreparedData
     from cmhash.features import read_features
-    from cmhash.methods import build_method
+    from cmhash.methods import build_method, method_class
     from cmhash.params import method_params
 
+    method_class(method)  # an unknown method fails here, before any data is read
     name = params["dataset"]["name"]
     seed = int(params["train"].get("seed", 0))
     base = method_params(params, method)
