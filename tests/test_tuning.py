@@ -52,6 +52,7 @@ def test_tune_scores_every_combination_and_never_reads_the_query_split(encoded):
     assert means == sorted(means, reverse=True)
     assert all(0 < run["map_all"][d] <= 1 for run in result["runs"] for d in ("i2t", "t2i"))
     assert result["fit_items"] + result["validation_items"] == len(h5py.File(layout.prepared("builtin"))["splits/train"])
+    assert "prepared_md5" in result["features"]  # the features' identity, which --resume compares
 
     # Scrambling the labels and features of every item outside the training split changes nothing.
     with h5py.File(layout.prepared("builtin"), "r+") as f:

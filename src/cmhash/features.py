@@ -35,6 +35,7 @@ class Features:
     texts: np.ndarray
     encoder: str
     aligned: bool
+    fingerprint: str = ""  # what they were encoded from: encoder, its settings, the prepared file's md5
 
 
 def read_features(path: str | Path) -> Features:
@@ -42,7 +43,8 @@ def read_features(path: str | Path) -> Features:
     if not path.is_file():
         raise CmhashError(f"{path}: features not found; run `cmhash encode` (or `dvc repro encode`) first.")
     with h5py.File(path, "r") as f:
-        return Features(f["images"][()], f["texts"][()], str(f.attrs["encoder"]), bool(f.attrs["aligned"]))
+        return Features(f["images"][()], f["texts"][()], str(f.attrs["encoder"]), bool(f.attrs["aligned"]),
+                        str(f.attrs.get("fingerprint", "")))
 
 
 def normalise_rows(x: np.ndarray) -> np.ndarray:

@@ -65,7 +65,7 @@ def train(params: dict[str, Any], layout: Layout, method: str, bits: int, progre
     if getattr(model, "end_to_end", False):  # trains the encoder towers too: reads pixels and captions
         codes, seconds = _fit_end_to_end(params, layout, model, splits, labels)
     else:
-        codes, seconds = _fit_on_features(model, features, splits, labels)
+        codes, seconds = fit_on_features(model, features, splits, labels)
     save_model(out_dir / "model.pt", method, model, settings, seed)
     write_codes(out_dir / "codes.h5", method, bits, codes)
     write_json(out_dir / "train.json", {"method": method, "bits": bits, "seed": seed, "settings": settings,
@@ -73,16 +73,17 @@ def train(params: dict[str, Any], layout: Layout, method: str, bits: int, progre
     return out_dir
 
 
-def _fit_on_features(model, features, splits, labels):
-    """Fit on the train split's features; the codes of the query and retrieval splits; fit seconds."""
+def fit_on_features(model, features, splits, labels):
+    """Fit on the ``train`` rows' features (and labels); the codes of the ``query`` and ``retrieval``
+    rows; fit seconds. ``cmhash tune`` calls it with a validation split in place of the query set."""
     started = time.perf_counter()
     train_idx = splits["train"]
     model.fit(features.images[train_idx], features.texts[train_idx], labels=labels[train_idx], aligned=features.aligned)
     seconds = time.perf_counter() - started
-    return {split: encode_rows(model, features, splits[split]) for split in ("query", "retrieval")}, seconds
+    return {split: _encode_rows(model, features, splits[split]) for split in ("query", "retrieval")}, seconds
 
 
-def encode_rows(model, features, rows):
+def _encode_rows(model, features, rows):
     """The codes of the items ``rows`` from their features: per modality, or per pair for fused codes."""
     from cmhash.codes import SplitCodes
 

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import time
 from typing import Any
 
 import numpy as np
@@ -94,7 +93,7 @@ def tune(params: dict[str, Any], layout, method: str, bits: int, grid: dict[str,
 
     out = layout.tune_report(method, bits)
     result = {"method": method, "bits": bits, "dataset": name, "seed": seed, "validation_share": share,
-              "features": _features_fingerprint(layout.features(name)), "fit_items": int(len(fit_rows)),
+              "features": features.fingerprint, "fit_items": int(len(fit_rows)),
               "validation_items": int(len(validation_rows)), "base_settings": base, "grid": grid, "runs": []}
     finished = _finished_runs(out.with_suffix(".json"), result) if resume else {}
     for number, changes in enumerate(combinations, 1):
@@ -106,6 +105,7 @@ def tune(params: dict[str, Any], layout, method: str, bits: int, grid: dict[str,
             model = build_method(method, bits, {**base, **changes}, seed, params["train"].get("device", "auto"), progress=progress)
             run = {"settings": changes, **_fit_and_score(model, features, labels, fit_rows, validation_rows)}
         result["runs"].append(run)
+        result["runs"].sort(key=lambda run: -run["mean_map_all"])  # best first; stable, so ties keep the grid's order
         _write(out, result)
     return result
 
@@ -114,12 +114,10 @@ def _fit_and_score(model, features, labels, fit_rows, validation_rows) -> dict[s
     """Fit on ``fit_rows``; mAP@all and mAP@50 of the validation items against the fitted items."""
     from cmhash.codes import retrieval_directions
     from cmhash.metrics import evaluate_retrieval
-    from cmhash.stages import encode_rows
+    from cmhash.stages import fit_on_features
 
-    started = time.perf_counter()
-    model.fit(features.images[fit_rows], features.texts[fit_rows], labels=labels[fit_rows], aligned=features.aligned)
-    seconds = time.perf_counter() - started
-    directions = retrieval_directions(encode_rows(model, features, validation_rows), encode_rows(model, features, fit_rows))
+    codes, seconds = fit_on_features(model, features, {"train": fit_rows, "query": validation_rows, "retrieval": fit_rows}, labels)
+    directions = retrieval_directions(codes["query"], codes["retrieval"])
     scores = {direction: evaluate_retrieval(query, database, labels[validation_rows], labels[fit_rows], map_ks=(50,)).scores
               for direction, (query, database) in directions.items()}
     return {"map_all": {direction: score["map_all"] for direction, score in scores.items()},
@@ -129,24 +127,15 @@ def _fit_and_score(model, features, labels, fit_rows, validation_rows) -> dict[s
 
 
 def _write(out, result: dict[str, Any]) -> None:
-    """Write the results so far, best first (a stable sort: ties keep the grid's order)."""
+    """Write the results so far (JSON and the Markdown table)."""
     from cmhash.atomic import write_json, write_text
 
-    result["runs"].sort(key=lambda run: -run["mean_map_all"])
     write_json(out.with_suffix(".json"), result)
     write_text(out.with_suffix(".md"), render_table(result) + "\n")
 
 
 def _key(changes: dict[str, Any]) -> str:
     return json.dumps(changes, sort_keys=True)
-
-
-def _features_fingerprint(path) -> str:
-    """What the features file was encoded from (encoder, its settings, the prepared file's md5)."""
-    import h5py
-
-    with h5py.File(path, "r") as f:
-        return str(f.attrs.get("fingerprint", ""))
 
 
 def _finished_runs(path, result: dict[str, Any]) -> dict[str, dict[str, Any]]:
