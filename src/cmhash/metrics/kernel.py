@@ -13,7 +13,10 @@ inside its distance bucket. For each query the kernel makes
    ranked at or above it is ``relevant_before(d) + its ordinal in the bucket``. From these the AP sums
    of every protocol follow, each a sum over relevant items. Both positions come from pass 1, so
    the items of this pass are independent of each other (no running counter in memory that
-   consecutive items of one bucket would wait on).
+   consecutive items of one bucket would wait on) and the whole-list sum, the only one mAP@all
+   needs, compiles to vector instructions. The sums for depths shorter than the list, and the
+   hits of precision@R, take only items ranked near the top: they come from the relevant items
+   of the closest distance buckets.
 
 This is a counting sort whose output is consumed on the fly: O(n) per query with O(K) state, the
 retrieval set read once per query, memory bounded by one n-sized int64 buffer per thread. Pass 2 is
@@ -122,22 +125,46 @@ def _count_pass(query_code, retrieval_codes, query_label, retrieval_labels, item
     return n_relevant
 
 
-@njit(cache=True)
+@njit(inline="always")
+def _offsets(counts_at):
+    """Exclusive prefix sums over distances: how many items (or relevant items) lie closer than d."""
+    before = np.empty(counts_at.shape[0], np.int64)
+    total = 0
+    for d in range(counts_at.shape[0]):
+        before[d] = total
+        total += counts_at[d]
+    return before
+
+
+# error_model="numpy": no ZeroDivisionError test per division (every rank is >= 1), and
+# fastmath "reassoc": the sum may be reordered. Together they let LLVM vectorise the loop (gathers,
+# int-to-double conversions and divisions 8 at a time with AVX-512), about twice as fast as the
+# scalar loop. The price: the order of the additions depends on the CPU's vector width, so the
+# last bits of the sum (~1e-16 relative) may differ between machines; metrics are reported to 6
+# decimals.
+@njit(cache=True, error_model="numpy", fastmath={"reassoc"})
+def _whole_list_sum(packed, n_relevant, items_before, relevant_before):
+    """Sum of the precision at the rank of every relevant item (the AP numerator of mAP@all)."""
+    total = 0.0
+    for t in range(n_relevant):
+        word = packed[t]
+        distance = np.uint64(word & 0xFF)  # unsigned: no negative-index wraparound test
+        total += np.float64(relevant_before[distance] + ((word >> 8) & 0xFFFFFF)) / np.float64(
+            items_before[distance] + (word >> 32))
+    return total
+
+
+@njit(cache=True, error_model="numpy")
 def _relevant_pass(packed, n_relevant, items_at, relevant_at, ks, r_values, rank_hits,
                    precision_sum, relevant_in_top, first_relevant_sum, hits_at):
     """Pass 2 for one query: AP sums for every depth in ``ks`` and hits for every R in ``r_values``."""
-    n_buckets = items_at.shape[0]
-    items_before = np.empty(n_buckets, np.int64)
-    relevant_before = np.empty(n_buckets, np.int64)
-    items, relevant = 0, 0
-    for d in range(n_buckets):
-        items_before[d] = items
-        relevant_before[d] = relevant
-        items += items_at[d]
-        relevant += relevant_at[d]
+    items_before, relevant_before = _offsets(items_at), _offsets(relevant_at)
+    items, relevant = items_at.sum(), relevant_at.sum()
+    whole_list_sum = _whole_list_sum(packed, n_relevant, items_before, relevant_before)
     # A depth k at or beyond the list's end (or, for the DCMHT protocol, beyond R) takes every
-    # relevant item: it is filled from the whole-list sum. Only the shallower ones need a test per
-    # item, and most items rank below all of them, so one comparison usually settles an item.
+    # relevant item: it is filled from the whole-list sum. Only the shallower ones, and the R of
+    # precision@R, need a test per item. An item ranked above such a depth lies at a distance
+    # whose bucket starts above it, so a second scan visits only the closest buckets.
     deepest_rank, deepest_hits = 0, 0
     for k in ks:
         if k < items:
@@ -145,32 +172,32 @@ def _relevant_pass(packed, n_relevant, items_at, relevant_at, ks, r_values, rank
         if k < relevant:
             deepest_hits = max(deepest_hits, k)
     max_r = rank_hits.shape[0] - 1
+    deepest_rank_or_r = max(deepest_rank, max_r)
+    nearest_buckets = -1  # the largest distance holding an item that some test can take
+    for d in range(items_at.shape[0]):
+        if items_before[d] < deepest_rank_or_r or relevant_before[d] < deepest_hits:
+            nearest_buckets = d
     rank_hits[:] = 0
     precision_sum[:] = 0.0
     relevant_in_top[:] = 0
     first_relevant_sum[:] = 0.0
-    # two partial sums (even and odd t), so that consecutive additions do not wait for each other
-    even_sum, odd_sum = 0.0, 0.0
-    for t in range(n_relevant):
-        word = packed[t]
-        distance = word & 0xFF
-        rank = items_before[distance] + (word >> 32)
-        hits = relevant_before[distance] + ((word >> 8) & 0xFFFFFF)
-        precision = hits / rank
-        if t & 1:
-            odd_sum += precision
-        else:
-            even_sum += precision
-        if rank <= max_r:
-            rank_hits[rank] += 1
-        if rank <= deepest_rank or hits <= deepest_hits:
+    if nearest_buckets >= 0:
+        for t in range(n_relevant):
+            word = packed[t]
+            distance = word & 0xFF
+            if distance > nearest_buckets:
+                continue
+            rank = items_before[distance] + (word >> 32)
+            hits = relevant_before[distance] + ((word >> 8) & 0xFFFFFF)
+            precision = hits / rank
+            if rank <= max_r:
+                rank_hits[rank] += 1
             for i in range(ks.shape[0]):
                 if ks[i] < items and rank <= ks[i]:
                     precision_sum[i] += precision
                     relevant_in_top[i] += 1
                 if ks[i] < relevant and hits <= ks[i]:
                     first_relevant_sum[i] += precision
-    whole_list_sum = even_sum + odd_sum
     for i in range(ks.shape[0]):
         if ks[i] >= items:
             precision_sum[i] = whole_list_sum
