@@ -252,3 +252,23 @@ def test_ucmfh_nt_xent_by_hand_and_codes_do_not_depend_on_the_batch():
     whole = method.encode_images(image)
     assert np.array_equal(np.vstack([method.encode_images(image[i:i + 1]) for i in range(5)]), whole[:5])
     assert np.array_equal(method.encode_texts(text[7:9]), method.encode_texts(text)[7:9])
+
+
+def test_training_again_gives_identical_files(project):
+    """The model folder is a DVC output: the same fit must give the same bytes, or every fresh
+    `dvc repro` would change dvc.lock (a torch model and a numpy one)."""
+    import hashlib
+
+    from cmhash import stages
+
+    params, layout = project
+    params["encode"]["backend"] = "offline"
+    stages.encode(params, layout, progress=False)
+    for method in ("itq", "djsrh"):
+        folder = layout.model_dir(method, 16)
+        digests = []
+        for _ in range(2):
+            stages.train(params, layout, method, 16, progress=False)
+            digests.append({path.name: hashlib.md5(path.read_bytes()).hexdigest() for path in sorted(folder.iterdir())})
+        assert sorted(digests[0]) == ["codes.h5", "model.pt", "train.json"]
+        assert digests[0] == digests[1], method

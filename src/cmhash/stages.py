@@ -68,8 +68,11 @@ def train(params: dict[str, Any], layout: Layout, method: str, bits: int, progre
         codes, seconds = fit_on_features(model, features, splits, labels)
     save_model(out_dir / "model.pt", method, model, settings, seed)
     write_codes(out_dir / "codes.h5", method, bits, codes)
+    # The fit time is printed, not written: the model folder is a DVC output, and its hash must
+    # not change when the same fit runs again.
     write_json(out_dir / "train.json", {"method": method, "bits": bits, "seed": seed, "settings": settings,
-                                        "encoder": features.encoder, "train_items": int(len(train_idx)), "fit_seconds": round(seconds, 2)})
+                                        "encoder": features.encoder, "train_items": int(len(train_idx))})
+    print(f"{method} {bits} bits: fitted on {len(train_idx):,} items in {seconds:.1f} s")
     return out_dir
 
 

@@ -23,6 +23,7 @@ editing one method reruns that method only.
 
 from __future__ import annotations
 
+import io
 import importlib
 import inspect
 from pathlib import Path
@@ -87,8 +88,12 @@ def save_model(path: Path, name: str, method: HashingMethod, settings: dict[str,
     from cmhash.atomic import atomic_path
 
     payload = {"method": name, "bits": method.bits, "settings": settings, "seed": seed, "state": method.state_dict()}
+    # Serialised in memory first: saved to a path, torch names the archive's records after the
+    # file, and atomic_path's temporary name is random, so the same model would hash differently.
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
     with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
+        tmp.write_bytes(buffer.getvalue())
 
 
 def load_model(path: Path, device: str = "auto") -> HashingMethod:
