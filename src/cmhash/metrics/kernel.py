@@ -164,7 +164,7 @@ def _relevant_pass(packed, n_relevant, items_at, relevant_at, ks, r_values, rank
     # A depth k at or beyond the list's end (or, for the DCMHT protocol, beyond R) takes every
     # relevant item: it is filled from the whole-list sum. Only the shallower ones, and the R of
     # precision@R, need a test per item. An item ranked above such a depth lies at a distance
-    # whose bucket starts above it, so a second scan visits only the closest buckets.
+    # whose bucket starts above it, so only the relevant items of the closest buckets are tested.
     deepest_rank, deepest_hits = 0, 0
     for k in ks:
         if k < items:
@@ -182,11 +182,16 @@ def _relevant_pass(packed, n_relevant, items_at, relevant_at, ks, r_values, rank
     relevant_in_top[:] = 0
     first_relevant_sum[:] = 0.0
     if nearest_buckets >= 0:
+        # First compact those items to the front of ``packed`` (in place, branch-free: no longer
+        # needed after the whole-list sum), then test them: cheaper than testing inside one loop.
+        n_near = 0
         for t in range(n_relevant):
             word = packed[t]
+            packed[n_near] = word
+            n_near += np.int64((word & 0xFF) <= nearest_buckets)
+        for t in range(n_near):
+            word = packed[t]
             distance = word & 0xFF
-            if distance > nearest_buckets:
-                continue
             rank = items_before[distance] + (word >> 32)
             hits = relevant_before[distance] + ((word >> 8) & 0xFFFFFF)
             precision = hits / rank
