@@ -262,7 +262,6 @@ def test_training_again_gives_identical_files(project):
     from cmhash import stages
 
     params, layout = project
-    params["encode"]["backend"] = "offline"
     stages.encode(params, layout, progress=False)
     for method in ("itq", "djsrh"):
         folder = layout.model_dir(method, 16)
