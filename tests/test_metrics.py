@@ -270,7 +270,7 @@ def _torch_statistics(problem, device, ks, r_values, by_index=True):
                                problem.retrieval_labels, problem.query.bits, ks, r_values, by_index, device)
 
 
-@pytest.mark.parametrize("bits", [8, 100])
+@pytest.mark.parametrize("bits", [8, 100, 255])
 def test_torch_path_gives_the_kernel_statistics(bits, monkeypatch):
     from cmhash.metrics import torch_kernel
 
@@ -283,6 +283,16 @@ def test_torch_path_gives_the_kernel_statistics(bits, monkeypatch):
         assert np.array_equal(getattr(got, name), getattr(expected, name)), name
     for name in ("precision_sum", "first_relevant_sum"):
         assert np.allclose(getattr(got, name), getattr(expected, name), rtol=0, atol=1e-12), name
+    counts_only = _torch_statistics(problem, "cpu", ks, r_values, by_index=False)
+    assert np.array_equal(counts_only.items_at, expected.items_at)
+    assert np.array_equal(counts_only.relevant_at, expected.relevant_at)
+    assert counts_only.precision_sum is None
+
+
+def test_torch_path_rejects_codes_longer_than_its_distances_hold():
+    problem = retrieval.RetrievalProblem.build(*_random_problem(7, n_query=3, n_retrieval=20, bits=256))
+    with pytest.raises(ValueError, match="codes of up to 255 bits"):
+        _torch_statistics(problem, "cpu", [20], [])
 
 
 @pytest.mark.gpu
