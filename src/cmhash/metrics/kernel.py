@@ -136,6 +136,13 @@ def _offsets(counts_at):
     return before
 
 
+@njit(inline="always")
+def _rank_and_hits(word, items_before, relevant_before):
+    """A packed relevant item's rank in the whole list, and the relevant items ranked up to it."""
+    distance = np.uint64(word & 0xFF)  # unsigned: no negative-index wraparound test
+    return items_before[distance] + (word >> 32), relevant_before[distance] + ((word >> 8) & 0xFFFFFF)
+
+
 # error_model="numpy": no ZeroDivisionError test per division (every rank is >= 1), and
 # fastmath "reassoc": the sum may be reordered. Together they let LLVM vectorise the loop (gathers,
 # int-to-double conversions and divisions 8 at a time with AVX-512), about twice as fast as the
@@ -147,10 +154,8 @@ def _whole_list_sum(packed, n_relevant, items_before, relevant_before):
     """Sum of the precision at the rank of every relevant item (the AP numerator of mAP@all)."""
     total = 0.0
     for t in range(n_relevant):
-        word = packed[t]
-        distance = np.uint64(word & 0xFF)  # unsigned: no negative-index wraparound test
-        total += np.float64(relevant_before[distance] + ((word >> 8) & 0xFFFFFF)) / np.float64(
-            items_before[distance] + (word >> 32))
+        rank, hits = _rank_and_hits(packed[t], items_before, relevant_before)
+        total += np.float64(hits) / np.float64(rank)
     return total
 
 
@@ -190,10 +195,7 @@ def _relevant_pass(packed, n_relevant, items_at, relevant_at, ks, r_values, rank
             packed[n_near] = word
             n_near += np.int64((word & 0xFF) <= nearest_buckets)
         for t in range(n_near):
-            word = packed[t]
-            distance = word & 0xFF
-            rank = items_before[distance] + (word >> 32)
-            hits = relevant_before[distance] + ((word >> 8) & 0xFFFFFF)
+            rank, hits = _rank_and_hits(packed[t], items_before, relevant_before)
             precision = hits / rank
             if rank <= max_r:
                 rank_hits[rank] += 1
