@@ -23,9 +23,9 @@ editing one method reruns that method only.
 
 from __future__ import annotations
 
-import io
 import importlib
 import inspect
+import io
 from pathlib import Path
 from typing import Any, Protocol
 
