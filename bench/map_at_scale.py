@@ -66,6 +66,17 @@ def reference_average_precisions(query, retrieval, query_labels, retrieval_label
     return aps
 
 
+def _cpu_model() -> str:
+    """The processor's model name (Linux), so results from different machines can be told apart."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--queries", type=int, default=2100)
@@ -132,7 +143,7 @@ def main(argv=None) -> int:
     result = {
         "command": "python " + " ".join([sys.argv[0], *(argv if argv is not None else sys.argv[1:])]),
         "problem": {"queries": args.queries, "retrieval": args.retrieval, "bits": args.bits, "labels": args.labels, "seed": args.seed},
-        "machine": {"cpu": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
+        "machine": {"cpu": _cpu_model(), "cpus": os.cpu_count(),
                     "numba_threads": numba.get_num_threads(), "python": platform.python_version(), "numpy": np.__version__},
         "map_all": round(fast_map, 6),
         "reference_queries_timed": n_ref,
