@@ -46,3 +46,13 @@ def test_prepared_file_layout(prepared_tiny):
         q, r, t = data.splits["query"], data.splits["retrieval"], data.splits["train"]
         assert (len(q), len(r), len(t)) == (20, 100, 60)
         assert not set(q) & set(r) and set(t) <= set(r)
+
+
+def test_load_images_gives_the_items_asked_for_in_their_order(prepared_tiny):
+    _, path = prepared_tiny
+    with PreparedData(path) as data:
+        items = np.array([7, 3, 99, 3, 0])  # unsorted, with a repeat
+        images = data.load_images(items)
+        assert data.images.chunks[0] == 1  # one image per chunk: random reads decompress only their item
+        for item, image in zip(items, images):
+            np.testing.assert_array_equal(np.asarray(image), data.images[item])

@@ -100,7 +100,11 @@ def _copy_pixels(f: h5py.File, images: "PixelArray", progress: bool, rows: int =
     shape = tuple(int(d) for d in images.shape[1:])
     if len(shape) != 3 or shape[2] != 3:
         raise ValueError(f"images must be (N, H, W, 3), got {(n, *shape)}")
-    dataset = f.create_dataset("images", shape=(n, *shape), dtype=np.uint8, chunks=(min(64, max(n, 1)), *shape),
+    # One image per chunk: end-to-end training reads random items, and each read then decompresses
+    # only its own image. With 64 images per chunk a random batch of 128 decompressed about 75
+    # chunks (1 s on the built-in data, 36 of a 45 s DCMHT finetune epoch on an H100 machine);
+    # sequential reads and the file size stay the same.
+    dataset = f.create_dataset("images", shape=(n, *shape), dtype=np.uint8, chunks=(1, *shape),
                                compression="gzip", compression_opts=4)
     for start in tqdm(range(0, n, rows), desc="writing pixels", unit="chunk", disable=not progress):
         dataset[start : start + rows] = np.asarray(images[start : start + rows], dtype=np.uint8)
@@ -185,10 +189,8 @@ class PreparedData:
 
         items = np.asarray(items, dtype=np.int64)
         if self.stores_pixels:
-            order = np.argsort(items)  # HDF5 reads need increasing indices
-            pixels = np.empty((len(items), *self.images.shape[1:]), dtype=np.uint8)
-            pixels[order] = self.images[items[order]]
-            return [Image.fromarray(a) for a in pixels]
+            # item by item: h5py's list indexing is about 70x slower than 128 single reads
+            return [Image.fromarray(self.images[i]) for i in items]
         paths = self._file["image_paths"]
         return [_open_image(self.image_root / _as_str(paths[i]), self.path, int(i)) for i in items]
 
