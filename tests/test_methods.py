@@ -219,6 +219,30 @@ def test_cca_finds_the_shared_direction():
     assert abs(np.corrcoef(u, v)[0, 1]) == pytest.approx(rho[0], abs=1e-3)
 
 
+@pytest.mark.parametrize("method", ["itq", "cca_itq"])
+def test_codes_do_not_depend_on_the_signs_lapack_gives_singular_vectors(method, monkeypatch):
+    """Either sign of each singular vector is a valid SVD, and LAPACK builds differ in which they
+    return; flipping some (u and v together, so the product is unchanged) must not change the codes."""
+    images, texts = _features(seed=3, n=60)
+
+    def fit_codes():
+        model = build_method(method, 8, {"iterations": 5}, seed=0)
+        model.fit(images, texts)
+        return model.encode_images(images), model.encode_texts(texts)
+
+    expected = fit_codes()
+    svd = np.linalg.svd
+
+    def flipped_svd(matrix, *args, **kwargs):
+        u, s, vt = svd(matrix, *args, **kwargs)
+        flips = np.where(np.arange(len(s)) % 2 == 0, -1.0, 1.0)
+        return u * flips, s, vt * flips[:, None]
+
+    monkeypatch.setattr(np.linalg, "svd", flipped_svd)
+    for got, want in zip(fit_codes(), expected):
+        np.testing.assert_array_equal(got, want)
+
+
 def test_each_method_lives_in_its_own_module_and_imports_no_other_method():
     # dvc.yaml's train stage depends on src/cmhash/methods/<name>.py plus the shared modules only
     import ast

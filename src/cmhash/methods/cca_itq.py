@@ -17,7 +17,7 @@ from __future__ import annotations
 import numpy as np
 
 from cmhash.errors import CmhashError
-from cmhash.methods.projection import LinearProjectionHash, itq_rotation
+from cmhash.methods.projection import LinearProjectionHash, canonical_signs, itq_rotation
 
 
 def _inverse_sqrt(covariance: np.ndarray, regularization: float) -> np.ndarray:
@@ -37,7 +37,9 @@ def fit_cca(images: np.ndarray, texts: np.ndarray, dims: int, regularization: fl
     whiten_x = _inverse_sqrt(x.T @ x / n, regularization)
     whiten_y = _inverse_sqrt(y.T @ y / n, regularization)
     u, rho, vt = np.linalg.svd(whiten_x @ (x.T @ y / n) @ whiten_y, full_matrices=False)
-    return image_centre, whiten_x @ u[:, :dims], text_centre, whiten_y @ vt[:dims].T, rho[:dims]
+    signs = canonical_signs(u[:, :dims].T)  # flips a pair of directions together: correlations unchanged
+    return (image_centre, whiten_x @ (u[:, :dims] * signs), text_centre, whiten_y @ (vt[:dims].T * signs),
+            rho[:dims])
 
 
 class CCAITQ(LinearProjectionHash):

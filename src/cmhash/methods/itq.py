@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from cmhash.errors import CmhashError
-from cmhash.methods.projection import LinearProjectionHash, itq_rotation
+from cmhash.methods.projection import LinearProjectionHash, canonical_signs, itq_rotation
 
 
 def fit_itq(features: np.ndarray, bits: int, iterations: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -22,7 +22,7 @@ def fit_itq(features: np.ndarray, bits: int, iterations: int, rng: np.random.Gen
     centre = features.mean(0)
     centred = (features - centre).astype(np.float64)
     _, _, components = np.linalg.svd(centred, full_matrices=False)
-    pca = components[:bits].T
+    pca = (components[:bits] * canonical_signs(components[:bits])[:, None]).T
     return centre, pca @ itq_rotation(centred @ pca, iterations, rng)
 
 

@@ -31,6 +31,13 @@ class LinearProjectionHash:
             setattr(self, key, np.asarray(state[key]))
 
 
+def canonical_signs(vectors: np.ndarray) -> np.ndarray:
+    """+1 or -1 for each row of ``vectors`` (singular vectors), making its largest-magnitude entry
+    positive. LAPACK builds may return either sign for a singular vector, and ITQ's rotation and
+    codes follow the sign; fixing it keeps a fit the same on every machine."""
+    return np.sign(vectors[np.arange(len(vectors)), np.abs(vectors).argmax(1)])
+
+
 def itq_rotation(projected: np.ndarray, iterations: int, rng: np.random.Generator) -> np.ndarray:
     """The (bits, bits) orthogonal rotation R minimising ``||sign(V R) - V R||_F^2`` for centred V."""
     bits = projected.shape[1]
