@@ -32,3 +32,24 @@ def test_unknown_dataset_is_a_clear_error(tmp_path, capsys):
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     assert main(["prepare", "--params", str(tmp_path / "params.yaml"), "--root", str(tmp_path)]) == 1
     assert "known datasets: builtin" in capsys.readouterr().err
+
+
+def test_from_dvc_stage_checks_the_stage_name(tmp_path, capsys, monkeypatch):
+    import yaml
+
+    from conftest import tiny_params
+
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(tiny_params()))
+    args = ["train", "--from-dvc-stage", "--params", str(tmp_path / "params.yaml"), "--root", str(tmp_path)]
+    monkeypatch.setenv("DVC_STAGE", "train@lsh-16;touch x")
+    assert main(args) == 1
+    assert "the stage name is 'train@lsh-16;touch x', not train@METHOD-BITS" in capsys.readouterr().err
+    monkeypatch.setenv("DVC_STAGE", "dvc.yaml:train@foo-16")
+    assert main(args) == 1
+    assert "unknown hashing method 'foo'" in capsys.readouterr().err
+    monkeypatch.setenv("DVC_STAGE", "train@lsh-300")
+    assert main(args) == 1
+    assert "bits is 300: a code length is a whole number of bits from 1 to 255" in capsys.readouterr().err
+    monkeypatch.delenv("DVC_STAGE")
+    assert main(["evaluate", "--params", str(tmp_path / "params.yaml"), "--root", str(tmp_path)]) == 1
+    assert "give --method and --bits" in capsys.readouterr().err

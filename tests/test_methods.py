@@ -295,3 +295,31 @@ def test_training_again_gives_identical_files(project):
             digests.append({path.name: hashlib.md5(path.read_bytes()).hexdigest() for path in sorted(folder.iterdir())})
         assert sorted(digests[0]) == ["codes.h5", "model.pt", "train.json"]
         assert digests[0] == digests[1], method
+
+
+class _RunsCommandWhenUnpickled:
+    """A crafted object: unpickling it calls os.system (what a malicious model.pt would do)."""
+
+    def __init__(self, command: str):
+        self.command = command
+
+    def __reduce__(self):
+        import os
+
+        return (os.system, (self.command,))
+
+
+def test_crafted_model_file_is_refused_and_runs_nothing(tmp_path):
+    import torch
+
+    marker = tmp_path / "executed"
+    crafted = tmp_path / "model.pt"
+    torch.save({"method": "lsh", "bits": 8, "settings": {}, "seed": 0,
+                "state": _RunsCommandWhenUnpickled(f"touch {marker}")}, crafted)
+    with pytest.raises(CmhashError, match="refused, nothing in it was run"):
+        load_model(crafted, device="cpu")
+    assert not marker.exists()
+    # the file really is an exploit: an unsafe load runs its command
+    torch.load(crafted, weights_only=False)
+    assert marker.exists()
+

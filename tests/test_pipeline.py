@@ -100,3 +100,35 @@ def test_prefect_flow_runs_the_pipeline(tmp_path):
         results = pipeline(str(tmp_path / "params.yaml"), str(tmp_path))
     assert set(results) == {"lsh-16", "djsrh-16"}
     assert (tmp_path / "metrics" / "djsrh-16.json").is_file()
+
+
+def test_no_params_value_reaches_a_shell(dvc_project):
+    """A malicious train.bits or train.methods value is refused before DVC runs or removes anything."""
+    marker = dvc_project / "executed"
+    params = yaml.safe_load((dvc_project / "params.yaml").read_text())
+    params["train"]["bits"] = [16, f"32;touch {marker}"]
+    (dvc_project / "params.yaml").write_text(yaml.safe_dump(params))
+    result = subprocess.run(["dvc", "repro"], cwd=dvc_project, env=ENV, capture_output=True, text=True)
+    assert result.returncode != 0
+    assert f"train.bits lists '32;touch {marker}'; a code length is a whole number of bits" in result.stdout + result.stderr
+    assert not marker.exists() and not (dvc_project / "data").exists()
+
+    params["train"]["bits"] = [16]
+    (dvc_project / "params.yaml").write_text(yaml.safe_dump(params))
+    _run(["git", "add", "-A"], dvc_project)
+    _run(["git", "commit", "-qm", "tiny project"], dvc_project)
+    result = subprocess.run(["dvc", "exp", "run", "-S", f"train.methods=[lsh, 'djsrh;touch {marker}']"],
+                            cwd=dvc_project, env=ENV, capture_output=True, text=True)
+    assert result.returncode != 0
+    assert f"train.methods lists 'djsrh;touch {marker}', which is not a hashing method; known methods: cca_itq" in result.stdout + result.stderr
+    assert not marker.exists()
+    assert not [path for path in (dvc_project / "data").rglob("*") if path.is_file()]  # (dvc exp run makes empty folders)
+
+
+def test_an_unknown_method_is_refused_with_the_known_ones(dvc_project):
+    params = yaml.safe_load((dvc_project / "params.yaml").read_text())
+    params["train"]["methods"] = ["lsh", "foo"]
+    (dvc_project / "params.yaml").write_text(yaml.safe_dump(params))
+    result = subprocess.run(["dvc", "repro"], cwd=dvc_project, env=ENV, capture_output=True, text=True)
+    assert result.returncode != 0
+    assert "train.methods lists 'foo', which is not a hashing method; known methods: cca_itq, cfrh, clipmh" in result.stdout + result.stderr

@@ -117,3 +117,25 @@ def test_cli_exits_nonzero_before_training(project, capsys):
     params_file.write_text(yaml.safe_dump(params))
     assert main(["validate", "--params", str(params_file), "--root", str(layout.root)]) == 1
     assert "every item has at least one label" in capsys.readouterr().err
+
+
+def test_label_names_are_printed_escaped(project, capsys):
+    """A label name from users' data that holds an ANSI escape sequence is shown, not obeyed."""
+    import yaml
+
+    from cmhash.cli import main
+
+    params, layout = project
+
+    def evil_label_missing_from_train(f):
+        _label_missing_from_train(f)
+        names = [n.decode() if isinstance(n, bytes) else str(n) for n in f.attrs["label_names"]]
+        names[0] = "\x1b[2J\x1b[31mcircle"
+        f.attrs["label_names"] = np.array(names, dtype=object).astype(h5py.string_dtype())
+
+    _corrupt(layout.prepared("builtin"), evil_label_missing_from_train)
+    params_file = layout.root / "params.yaml"
+    params_file.write_text(yaml.safe_dump(params))
+    assert main(["validate", "--params", str(params_file), "--root", str(layout.root)]) == 1
+    err = capsys.readouterr().err
+    assert "label \\x1b[2J\\x1b[31mcircle" in err and "\x1b" not in err

@@ -2,14 +2,16 @@
 
 Every file a stage writes goes through :func:`atomic_path`: the content is written to a temporary
 file in the same folder and renamed over the target only when writing succeeded, so a crash or an
-interrupt never leaves a half-written file that a later stage (or DVC) would trust.
+interrupt never leaves a half-written file that a later stage (or DVC) would trust. The temporary
+file is created with the mode any new file gets (0666 less the umask), so outputs stay readable by a
+server, a shared DVC cache or a colleague, as the umask allows.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import tempfile
+import secrets
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -21,15 +23,25 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; rename it to ``path`` if the block succeeds."""
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
+    tmp = _new_temporary_file(target)
     try:
         yield tmp
         os.replace(tmp, target)
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def _new_temporary_file(target: Path) -> Path:
+    """Create an empty, uniquely named file next to ``target``. Unlike ``tempfile.mkstemp`` (always
+    0600), ``os.open`` with mode 0666 lets the umask decide, as for any other new file."""
+    while True:
+        tmp = target.with_name(f".{target.name}.{secrets.token_hex(6)}.tmp")
+        try:
+            os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
+            return tmp
+        except FileExistsError:  # another writer drew the same name: draw again
+            continue
 
 
 def write_json(path: str | os.PathLike, data: Any) -> None:

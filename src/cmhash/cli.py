@@ -12,6 +12,8 @@ import sys
 from pathlib import Path
 
 STAGES = {
+    "check-params": "check the values that dvc.yaml turns into stage names and paths (train.methods, train.bits, "
+                    "dataset.name) before any other stage runs; write data/params.checked",
     "prepare": "build the dataset named by dataset.name (builtin, byo, mirflickr25k, nuswide, coco, dcmh_mat, "
                "dcmht_mat; see docs/data.md) into data/prepared/<name>.h5 and draw its split",
     "validate": "run the Great Expectations checks on the prepared file; exit 1 if any fails",
@@ -39,8 +41,12 @@ def build_parser() -> argparse.ArgumentParser:
         if name in ("prepare", "encode", "train", "evaluate"):
             stage.add_argument("--quiet", action="store_true", help="no progress bars (they show only on a terminal anyway)")
         if name in ("train", "evaluate"):
-            stage.add_argument("--method", required=True, help="hashing method, e.g. djsrh, lsh, itq")
-            stage.add_argument("--bits", required=True, type=int, help="code length in bits, e.g. 64")
+            stage.add_argument("--method", help="hashing method, e.g. djsrh, lsh, itq")
+            stage.add_argument("--bits", type=int, help="code length in bits, e.g. 64")
+            stage.add_argument("--from-dvc-stage", action="store_true",
+                               help="take the method and length from the name of the DVC stage being run "
+                                    f"({name}@djsrh-64, in $DVC_STAGE), as dvc.yaml does: no parameter value "
+                                    "is written into a shell command")
     tune_help = ("choose a method's settings on a validation split carved from the training split (never the query set): "
                  "fit every combination of --grid and write reports/tune/<method>-<bits>.md")
     tune = sub.add_parser("tune", help=tune_help, description=tune_help)
@@ -71,7 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from cmhash import stages
-    from cmhash.errors import CmhashError
+    from cmhash.errors import CmhashError, for_terminal
     from cmhash.layout import Layout
     from cmhash.params import load_params
 
@@ -84,6 +90,9 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         params = load_params(args.params)
         layout = Layout(args.root)
+        if args.stage == "check-params":
+            print(f"checked {args.params}: wrote {stages.check_params(params, layout, args.params)}")
+            return 0
         progress = sys.stderr.isatty() and not getattr(args, "quiet", False)  # no bar noise in logs
         if args.stage == "prepare":
             print(f"prepared {stages.prepare(params, layout, progress)}")
@@ -93,12 +102,14 @@ def main(argv: list[str] | None = None) -> int:
         elif args.stage == "encode":
             print(f"encoded {stages.encode(params, layout, progress)}")
         elif args.stage == "train":
-            print(f"trained {stages.train(params, layout, args.method, args.bits, progress)}")
+            method, bits = _method_and_bits(args)
+            print(f"trained {stages.train(params, layout, method, bits, progress)}")
         elif args.stage == "evaluate":
-            results = stages.evaluate(params, layout, args.method, args.bits, progress)
+            method, bits = _method_and_bits(args)
+            results = stages.evaluate(params, layout, method, bits, progress)
             summary = "  ".join(f"{d} " + " ".join(f"{k}={v:.4f}" for k, v in m.items() if k.startswith("map_"))
                                 for d, m in results.items())
-            print(f"{args.method} {args.bits} bits: {summary}")
+            print(f"{method} {bits} bits: {summary}")
         elif args.stage == "report":
             print(f"wrote {stages.report(params, layout)}")
         elif args.stage == "tune":
@@ -109,12 +120,36 @@ def main(argv: list[str] | None = None) -> int:
             print(render_table(result))
             print(f"wrote {layout.tune_report(args.method, args.bits)}.md and .json")
     except CmhashError as err:
-        print(f"cmhash {args.stage}: error: {err}", file=sys.stderr)
+        print(f"cmhash {args.stage}: error: {for_terminal(str(err))}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print(f"cmhash {args.stage}: interrupted; outputs are written atomically, so rerun the stage to start again or resume.", file=sys.stderr)
         return 130
     return 0
+
+
+def _method_and_bits(args: argparse.Namespace) -> tuple[str, int]:
+    """``--method`` and ``--bits``, or with ``--from-dvc-stage`` the matrix item in the name DVC gives
+    the stage it runs (``$DVC_STAGE``: ``train@djsrh-64``, or ``dvc.yaml:train@djsrh-64``). The name
+    is read here rather than interpolated into dvc.yaml's command, so no value of params.yaml ever
+    reaches a shell; it is checked like any other input."""
+    import os
+
+    from cmhash.errors import CmhashError
+
+    if not args.from_dvc_stage:
+        if args.method is None or args.bits is None:
+            raise CmhashError("give --method and --bits (or --from-dvc-stage under dvc repro).")
+        return args.method, args.bits
+    if args.method is not None or args.bits is not None:
+        raise CmhashError("--from-dvc-stage takes the method and length from the stage name; drop --method and --bits.")
+    addressing = os.environ.get("DVC_STAGE", "")
+    stage, _, item = addressing.rpartition(":")[2].partition("@")
+    method, _, bits = item.rpartition("-")
+    if stage != args.stage or not method or not bits.isdigit():
+        raise CmhashError(f"--from-dvc-stage: the stage name is {addressing!r}, not {args.stage}@METHOD-BITS "
+                          "(DVC sets DVC_STAGE when it runs a stage of dvc.yaml; outside DVC give --method and --bits).")
+    return method, int(bits)
 
 
 if __name__ == "__main__":

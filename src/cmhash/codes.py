@@ -20,6 +20,9 @@ from cmhash.errors import CmhashError
 
 SETS = ("query", "retrieval")
 
+# The longest code cmhash handles: the evaluation kernels hold a Hamming distance in 8 bits.
+MAX_BITS = 255
+
 
 CODE_KINDS = ("images", "texts", "pairs")
 

@@ -1,4 +1,5 @@
-"""The errors cmhash raises for problems a user can fix; the CLI prints them without a traceback."""
+"""The errors cmhash raises for problems a user can fix, and how their messages, which quote users'
+data, are made safe to print: the CLI prints them without a traceback."""
 
 
 class CmhashError(Exception):
@@ -7,3 +8,10 @@ class CmhashError(Exception):
 
 class ValidationFailed(CmhashError):
     """The prepared data failed one or more data-quality expectations."""
+
+
+def for_terminal(text: str) -> str:
+    """``text`` with every unprintable character shown as its escape (``\\x1b``, ``\\r``, ``\\u202e``),
+    except newlines and tabs: labels and captions come from users' data, and an ANSI escape sequence
+    in one must not recolour, clear or rewrite the terminal it is printed to."""
+    return "".join(ch if ch.isprintable() or ch in "\n\t" else repr(ch)[1:-1] for ch in text)

@@ -14,6 +14,9 @@ from pathlib import Path
 class Layout:
     root: Path = Path(".")
 
+    def params_checked(self) -> Path:
+        return self.root / "data" / "params.checked"
+
     def prepared(self, dataset: str) -> Path:
         return self.root / "data" / "prepared" / f"{dataset}.h5"
 

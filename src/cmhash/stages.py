@@ -16,6 +16,18 @@ from cmhash.layout import Layout
 from cmhash.params import method_params
 
 
+def check_params(params: dict[str, Any], layout: Layout, path: str | Path = "params.yaml") -> Path:
+    """Check the parameters that shape the pipeline (:func:`cmhash.params.check_params`) and write
+    the stamp that the prepare stage depends on. The stamp's content never changes, so a changed
+    parameter reruns this check without rerunning anything downstream."""
+    from cmhash.params import check_params as check
+
+    check(params, path)
+    out = layout.params_checked()
+    write_text(out, "params.yaml passed cmhash check-params; every stage of dvc.yaml runs after this check.\n")
+    return out
+
+
 def prepare(params: dict[str, Any], layout: Layout, progress: bool = True) -> Path:
     from cmhash.datasets import prepare_dataset
 
@@ -56,11 +68,11 @@ def train(params: dict[str, Any], layout: Layout, method: str, bits: int, progre
     name = params["dataset"]["name"]
     seed = int(params["train"].get("seed", 0))
     settings = method_params(params, method)
+    model = build_method(method, bits, settings, seed, params["train"].get("device", "auto"), progress=progress)
     features = read_features(layout.features(name))
     with PreparedData(layout.prepared(name)) as data:
         splits, labels = data.splits, data.labels
     train_idx = splits["train"]
-    model = build_method(method, bits, settings, seed, params["train"].get("device", "auto"), progress=progress)
     out_dir = layout.model_dir(method, bits)
     if getattr(model, "end_to_end", False):  # trains the encoder towers too: reads pixels and captions
         codes, seconds = _fit_end_to_end(params, layout, model, splits, labels)
@@ -130,8 +142,10 @@ def evaluate(params: dict[str, Any], layout: Layout, method: str, bits: int, pro
     from cmhash.codes import read_codes, retrieval_directions
     from cmhash.datasets.prepared import PreparedData
     from cmhash.metrics import evaluate_retrieval
+    from cmhash.methods import check_method_and_bits
     from cmhash.metrics.report import DEFAULT_MAP_KS
 
+    check_method_and_bits(method, bits)
     settings = params["evaluate"]
     map_ks = [int(k) for k in settings.get("map_ks", DEFAULT_MAP_KS)]
     top_r = [int(r) for r in settings.get("top_r", [1, 10, 50, 100, 500, 1000])]

@@ -35,7 +35,6 @@ from cmhash.errors import CmhashError
 from cmhash.methods.registry import METHODS
 
 
-
 class HashingMethod(Protocol):
     bits: int
 
@@ -50,9 +49,23 @@ class HashingMethod(Protocol):
     def load_state_dict(self, state: dict[str, Any]) -> None: ...
 
 
-def method_class(name: str) -> type:
+def _check_known(name: str) -> None:
     if name not in METHODS:
         raise CmhashError(f"unknown hashing method {name!r}; known methods: {', '.join(sorted(METHODS))}.")
+
+
+def check_method_and_bits(name: str, bits: int) -> None:
+    """A registered method and a code length the evaluation handles, or a clear error."""
+    from cmhash.codes import MAX_BITS
+
+    _check_known(name)
+    if not 1 <= int(bits) <= MAX_BITS:
+        raise CmhashError(f"bits is {bits}: a code length is a whole number of bits from 1 to {MAX_BITS} "
+                          "(the evaluation's limit; refused before fitting anything).")
+
+
+def method_class(name: str) -> type:
+    _check_known(name)
     module, _, attr = METHODS[name].partition(":")
     return getattr(importlib.import_module(module), attr)
 
@@ -64,14 +77,13 @@ def build_method(
 
     ``progress`` turns on the per-epoch progress bar of the methods that train iteratively.
     """
+    check_method_and_bits(name, bits)
     cls = method_class(name)
     parameters = set(inspect.signature(cls).parameters)
     accepted = parameters - {"bits", "seed", "device", "progress"}
     unknown = sorted(set(settings) - accepted)
     if unknown:
         raise CmhashError(f"params.yaml: methods.{name} has unknown setting(s) {', '.join(unknown)}; accepted: {', '.join(sorted(accepted)) or 'none'}.")
-    if int(bits) <= 0:
-        raise CmhashError(f"bits must be a positive integer, got {bits}.")
     extra = {"progress": progress} if "progress" in parameters else {}
     return cls(bits=int(bits), seed=int(seed), device=device, **settings, **extra)
 
@@ -97,9 +109,20 @@ def save_model(path: Path, name: str, method: HashingMethod, settings: dict[str,
 
 
 def load_model(path: Path, device: str = "auto") -> HashingMethod:
+    """Rebuild a method saved by :func:`save_model`. The file is read with ``weights_only=True``:
+    tensors and plain containers only, so a crafted model file cannot run code when loaded."""
+    import pickle
+
     import torch
 
-    payload = torch.load(path, map_location="cpu", weights_only=False)
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise CmhashError(f"{path}: model not found; run `cmhash train` for this method and bit length first.") from None
+    except (pickle.UnpicklingError, RuntimeError, EOFError) as err:
+        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise CmhashError(f"{path}: not a cmhash model file, or one holding more than tensors and plain values "
+                          f"(refused, nothing in it was run: {first_line}). Rebuild it with `cmhash train`.") from None
     method = build_method(payload["method"], payload["bits"], payload["settings"], payload["seed"], device)
     method.load_state_dict(payload["state"])
     return method

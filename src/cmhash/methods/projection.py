@@ -23,12 +23,16 @@ class LinearProjectionHash:
     def encode_texts(self, features: np.ndarray) -> np.ndarray:
         return to_codes((features - self.text_centre) @ self.text_projection)
 
-    def state_dict(self) -> dict[str, np.ndarray]:
-        return {key: getattr(self, key) for key in _STATE_KEYS}
+    def state_dict(self) -> dict:
+        """The arrays as tensors: model files load with ``torch.load(weights_only=True)``, which
+        refuses numpy objects (they unpickle through arbitrary globals)."""
+        import torch
 
-    def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
+        return {key: torch.from_numpy(np.ascontiguousarray(getattr(self, key))) for key in _STATE_KEYS}
+
+    def load_state_dict(self, state: dict) -> None:
         for key in _STATE_KEYS:
-            setattr(self, key, np.asarray(state[key]))
+            setattr(self, key, state[key].numpy())
 
 
 def canonical_signs(vectors: np.ndarray) -> np.ndarray:

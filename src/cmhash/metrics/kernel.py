@@ -32,6 +32,8 @@ import numpy as np
 from numba import njit, prange, types
 from numba.core.extending import intrinsic
 
+from cmhash.codes import MAX_BITS
+
 
 @intrinsic
 def _popcount(typingctx, word):
@@ -44,8 +46,8 @@ def _popcount(typingctx, word):
     return signature, codegen
 
 
-# Bucket words and packed relevant items are int64: (items counted << 32) | (relevant counted << 8) | distance.
-MAX_BITS = 255
+# Bucket words and packed relevant items are int64: (items counted << 32) | (relevant counted << 8) | distance,
+# which is why codes are at most MAX_BITS = 255 bits long.
 MAX_RETRIEVAL = 2**24 - 1
 _ITEM = np.int64(1) << 32
 _RELEVANT = np.int64(1) << 8
