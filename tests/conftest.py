@@ -6,6 +6,8 @@ import copy
 import json
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -72,3 +74,38 @@ def project(tmp_path, prepared_tiny) -> tuple[dict, "Layout"]:  # noqa: F821
     target.parent.mkdir(parents=True)
     shutil.copy(source, target)
     return copy.deepcopy(params), layout
+
+
+# The environment of the dvc, prefect and cmhash commands the tests start: this venv's bin first.
+COMMAND_ENV = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+               "DVC_NO_ANALYTICS": "1", "DO_NOT_TRACK": "1", "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+
+
+def run_command(args: list[str], cwd: Path, env: dict | None = None, check: bool = True) -> subprocess.CompletedProcess:
+    """Run a command; with ``check``, fail the test with its output when it fails."""
+    result = subprocess.run(args, cwd=cwd, env=env or COMMAND_ENV, capture_output=True, text=True)
+    if check:
+        assert result.returncode == 0, f"{' '.join(map(str, args))} failed:\n{result.stdout}\n{result.stderr}"
+    return result
+
+
+def scratch_project(root: Path, params: dict, commit: bool = True) -> Path:
+    """A git + DVC repository holding the project's pipeline (dvc.yaml, sources, flows,
+    prefect.yaml) and ``params``; committed unless ``commit`` is False."""
+    import yaml
+
+    root.mkdir(parents=True, exist_ok=True)
+    for name in ("dvc.yaml", "prefect.yaml", ".dvcignore", ".gitignore"):
+        shutil.copy(REPO / name, root)
+    for folder in ("src", "flows"):
+        shutil.copytree(REPO / folder, root / folder, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    (root / "params.yaml").write_text(yaml.safe_dump(params))
+    run_command(["git", "init", "-q", "-b", "main"], root)
+    run_command(["git", "config", "user.email", "test@example.com"], root)
+    run_command(["git", "config", "user.name", "test"], root)
+    run_command(["dvc", "init", "-q"], root)
+    run_command(["dvc", "config", "core.analytics", "false"], root)
+    if commit:
+        run_command(["git", "add", "-A"], root)
+        run_command(["git", "commit", "-qm", "scratch project"], root)
+    return root

@@ -1,39 +1,25 @@
-"""The whole pipeline on tiny data: through `dvc repro` in a scratch repository, and as a Prefect flow."""
+"""The whole pipeline on tiny data through `dvc repro` in a scratch repository (the Prefect flow: test_orchestration.py)."""
 
 import json
-import os
-import shutil
 import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import yaml
-from conftest import REPO, tiny_params
+from conftest import COMMAND_ENV, run_command, scratch_project, tiny_params
 
-ENV = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", "DVC_NO_ANALYTICS": "1"}
+ENV = COMMAND_ENV
 
 
 def _run(args, cwd):
-    result = subprocess.run(args, cwd=cwd, env=ENV, capture_output=True, text=True)
-    assert result.returncode == 0, f"{' '.join(args)} failed:\n{result.stdout}\n{result.stderr}"
-    return result.stdout
+    return run_command(args, cwd).stdout
 
 
 @pytest.fixture
 def dvc_project(tmp_path, clip_config):
     """A scratch git + DVC repository with the project's dvc.yaml and sources and tiny params."""
-    shutil.copy(REPO / "dvc.yaml", tmp_path)
-    shutil.copytree(REPO / "src", tmp_path / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
     params = tiny_params(clip_config)
     params["train"]["methods"] = ["lsh", "djsrh", "dcmht", "clipmh"]  # baseline, unsupervised, supervised, fused
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
-    _run(["git", "init", "-q"], tmp_path)
-    _run(["git", "config", "user.email", "test@example.com"], tmp_path)
-    _run(["git", "config", "user.name", "test"], tmp_path)
-    _run(["dvc", "init", "-q"], tmp_path)
-    _run(["dvc", "config", "core.analytics", "false"], tmp_path)
-    return tmp_path
+    return scratch_project(tmp_path, params, commit=False)
 
 
 def test_dvc_repro_end_to_end(dvc_project):
@@ -82,24 +68,6 @@ def test_validate_failure_stops_dvc_before_encode(dvc_project):
     assert result.returncode != 0
     assert "every item has at least one label" in result.stdout + result.stderr
     assert not (dvc_project / "data/features").exists()
-
-
-def test_prefect_flow_runs_the_pipeline(tmp_path):
-    from prefect.testing.utilities import prefect_test_harness
-
-    sys.path.insert(0, str(REPO / "flows"))
-    try:
-        from pipeline import pipeline
-    finally:
-        sys.path.pop(0)
-    params = tiny_params()
-    params["train"]["methods"] = ["lsh", "djsrh"]
-    params["train"]["bits"] = [16]
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
-    with prefect_test_harness(server_startup_timeout=90):
-        results = pipeline(str(tmp_path / "params.yaml"), str(tmp_path))
-    assert set(results) == {"lsh-16", "djsrh-16"}
-    assert (tmp_path / "metrics" / "djsrh-16.json").is_file()
 
 
 def test_no_params_value_reaches_a_shell(dvc_project):

@@ -1,6 +1,7 @@
 """The ``cmhash`` command line: one subcommand per pipeline stage (what dvc.yaml calls), plus
 ``tune``, which chooses a method's settings on a validation split carved from the training split,
-and ``plots-page``, which renders the DVC plots as an HTML page that works offline.
+``plots-page``, which renders the DVC plots as an HTML page that works offline, and ``diff``, which
+compares the metrics of two versions.
 
 Heavy libraries are imported inside the stage functions, so ``cmhash --help`` stays fast.
 """
@@ -71,6 +72,15 @@ def build_parser() -> argparse.ArgumentParser:
                       help="where the offline template is kept after its first build (default: ~/.cache/cmhash)")
     page.add_argument("--scripts-dir", default=None, type=Path,
                       help="take vega.min.js, vega-lite.min.js and vega-embed.min.js from this folder instead of npm")
+    diff_help = ("compare mAP@all and mAP@50 of two versions (commits, branches, tags, experiments by name, or the "
+                 "workspace): one row per method, code length and direction, drops beyond --threshold marked")
+    diff = sub.add_parser("diff", help=diff_help, description=diff_help)
+    diff.add_argument("old", nargs="?", default="HEAD", help="the version compared with (default: HEAD)")
+    diff.add_argument("new", nargs="?", default="workspace", help="the version compared (default: workspace)")
+    diff.add_argument("--root", default=Path("."), type=Path, help="the DVC project (default: .)")
+    diff.add_argument("--threshold", type=float, default=0.01,
+                      help="mark a drop larger than this as a regression (default: 0.01)")
+    diff.add_argument("--json", action="store_true", help="print the rows as JSON records")
     return parser
 
 
@@ -82,6 +92,17 @@ def main(argv: list[str] | None = None) -> int:
     from cmhash.params import load_params
 
     try:
+        if args.stage == "diff":
+            from cmhash.metrics_diff import diff_metrics, metrics_at, render_diff, table_records
+
+            rows = diff_metrics(metrics_at(args.root, args.old), metrics_at(args.root, args.new), args.threshold)
+            if args.json:
+                import json
+
+                print(json.dumps(table_records(rows), indent=2, ensure_ascii=False))
+            else:
+                print(render_diff(rows, args.old, args.new, args.threshold))
+            return 0
         if args.stage == "plots-page":
             from cmhash.plots_page import default_cache_dir, render_plots_page
 

@@ -1,0 +1,374 @@
+"""The scheduled pipeline: the Prefect flow drives the DVC pipeline, on a real Prefect server and a
+`process` worker started here on 127.0.0.1, in scratch clones of the project."""
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+from conftest import COMMAND_ENV, REPO, run_command, scratch_project, tiny_params
+
+# The deployment tests run the project's own params.yaml with these overrides, as a team would
+# schedule a quick run: 400 items, three methods (baseline, unsupervised, supervised) at 16 bits.
+METHODS = ["lsh", "djsrh", "dcmht"]
+
+
+def tiny_overrides(methods=METHODS, bits=(16,)) -> dict:
+    """Dotted keys and values that turn the project's params.yaml into a run of seconds."""
+    params = tiny_params()
+    params["dataset"]["builtin"] = {"size": 400, "image_size": 64}
+    params["dataset"]["split"] = {"query": 80, "train": 200}
+    params["train"]["methods"], params["train"]["bits"] = list(methods), list(bits)
+    params["methods"]["dcmht"]["epochs"] = 30  # enough for a score that one epoch clearly falls below
+    project = yaml.safe_load((REPO / "params.yaml").read_text())
+
+    def differences(new, old, prefix=""):
+        for key, value in new.items():
+            if isinstance(value, dict) and isinstance(old.get(key), dict):
+                yield from differences(value, old[key], f"{prefix}{key}.")
+            elif value != old.get(key):
+                yield f"{prefix}{key}", value
+
+    return {key: value for key, value in differences(params, project)
+            if not key.startswith("methods.") or key.split(".")[1] in methods}
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def prefect_server(tmp_path_factory):
+    """`prefect server start` on a free port of 127.0.0.1 with its own PREFECT_HOME; yields the
+    environment that points prefect commands (and flows) at it."""
+    home = tmp_path_factory.mktemp("prefect-home")
+    port = _free_port()
+    env = {**COMMAND_ENV, "PREFECT_HOME": str(home), "PREFECT_API_URL": f"http://127.0.0.1:{port}/api",
+           "HF_HUB_OFFLINE": "1", "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "90"}
+    with open(home / "server.log", "w") as log:
+        server = subprocess.Popen(["prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)], env=env,
+                                  stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/api/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if server.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"prefect server did not start:\n{(home / 'server.log').read_text()[-3000:]}")
+            time.sleep(1)
+        yield env
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(60)
+
+
+def _api(env, method, path, **kwargs):
+    response = httpx.request(method, env["PREFECT_API_URL"] + path, timeout=30, **kwargs)
+    response.raise_for_status()
+    return response.json()
+
+
+def _flow_run(env, run_id) -> dict:
+    return _api(env, "GET", f"/flow_runs/{run_id}")
+
+
+def _latest_artifact(env, key, flow_run_id=None) -> list[dict]:
+    filters = {"key": {"any_": [key]}}
+    if flow_run_id:
+        filters["flow_run_id"] = {"any_": [flow_run_id]}
+    found = _api(env, "POST", "/artifacts/filter", json={"artifacts": filters, "sort": "CREATED_DESC", "limit": 1})
+    assert found, f"no {key} artifact"
+    return json.loads(found[0]["data"])
+
+
+class Deployment:
+    """The project deployed from prefect.yaml out of a full clone (the worker's workspace)."""
+
+    def __init__(self, workspace: Path, env: dict, elsewhere: Path):
+        self.workspace, self.env, self.elsewhere = workspace, env, elsewhere
+
+    def run(self, parameters: dict) -> dict:
+        """Trigger cmhash-pipeline/nightly, let one worker execute it (started outside the clone:
+        the deployment's pull step finds the workspace), return the finished flow run."""
+        triggered = run_command(["prefect", "deployment", "run", "cmhash-pipeline/nightly", "--params",
+                                 json.dumps(parameters)], self.workspace, self.env).stdout
+        run_id = re.search(r"flow-run/([0-9a-f-]{36})", triggered)[1]
+        worker = run_command(["prefect", "worker", "start", "--pool", "gpu", "--run-once"], self.elsewhere, self.env,
+                             check=False)
+        run = _flow_run(self.env, run_id)
+        run["worker_output"] = worker.stdout + worker.stderr
+        return run
+
+    def stage_outcomes(self) -> dict[str, str]:
+        return {row["stage"]: row["outcome"] for row in _latest_artifact(self.env, "stage-outcomes")}
+
+
+@pytest.fixture(scope="module")
+def deployment(prefect_server, tmp_path_factory):
+    base = tmp_path_factory.mktemp("deployment")
+    origin = scratch_project(base / "origin", yaml.safe_load((REPO / "params.yaml").read_text()))
+    workspace = base / "workspace"
+    run_command(["git", "clone", "-q", str(origin), str(workspace)], base)
+    run_command(["git", "config", "user.email", "worker@example.com"], workspace)
+    run_command(["git", "config", "user.name", "worker"], workspace)
+    env = {**prefect_server, "CMHASH_WORKSPACE": str(workspace)}
+    run_command(["prefect", "work-pool", "create", "gpu", "--type", "process"], workspace, env)
+    run_command(["prefect", "--no-prompt", "deploy", "--all"], workspace, env)
+    return Deployment(workspace, env, base)
+
+
+@pytest.fixture(scope="module")
+def first_runs(deployment):
+    """Two scheduled runs with the same tiny overrides."""
+    return deployment.run({"overrides": tiny_overrides()}), deployment.stage_outcomes(), \
+        deployment.run({"overrides": tiny_overrides()}), deployment.stage_outcomes()
+
+
+def test_a_scheduled_run_is_a_versioned_experiment_with_a_metrics_diff(deployment, first_runs):
+    first, first_outcomes, second, second_outcomes = first_runs
+    assert first["state"]["type"] == "COMPLETED", first["state"]["message"] + first["worker_output"][-3000:]
+    assert set(first_outcomes.values()) == {"ran"} and len(first_outcomes) == 1 + 3 + 3 * 2 + 1
+    shown = run_command(["dvc", "exp", "show", "--json"], deployment.workspace).stdout
+    assert first["name"] in shown and second["name"] in shown
+    rows = _latest_artifact(deployment.env, "metrics-diff", first["id"])
+    assert sorted((row["method"], row["bits"], row["direction"]) for row in rows) == sorted(
+        (method, 16, direction) for method in METHODS for direction in ("I→T", "T→I"))
+    assert all(row["mAP@all old"] is None and 0 < row["mAP@all new"] < 1 for row in rows)  # HEAD has no metrics yet
+    # the same parameters again: DVC finds every stage up to date
+    assert second["state"]["type"] == "COMPLETED", second["state"]["message"]
+    assert second_outcomes == {name: "skipped" for name in first_outcomes}
+    rows = _latest_artifact(deployment.env, "metrics-diff", second["id"])
+    assert all(row["mAP@all Δ"] == 0 and row["mAP@50 Δ"] == 0 for row in rows)  # compared with the first run
+    # params.yaml is back as committed, so the next run starts from it
+    assert run_command(["git", "status", "--porcelain", "params.yaml"], deployment.workspace).stdout == ""
+
+
+@pytest.mark.slow
+def test_scheduled_runs_rerun_what_changed_and_fail_on_a_regression(deployment, first_runs):
+    overrides = tiny_overrides()
+    # (DJSRH learns little from 200 tiny items: another epoch moves its scores by a few hundredths)
+    third = deployment.run({"overrides": {**overrides, "methods.djsrh.epochs": 3}, "regression_threshold": 0.1})
+    assert third["state"]["type"] == "COMPLETED", third["state"]["message"]
+    ran = {stage for stage, outcome in deployment.stage_outcomes().items() if outcome == "ran"}
+    # check-params reruns on any parameter change (it checks the whole file; its output stays the same)
+    assert ran == {"check-params", "train@djsrh-16", "evaluate@djsrh-16", "report"}
+
+    notifications = _notification_receiver(deployment)
+    worse = deployment.run({"overrides": {**overrides, "methods.dcmht.epochs": 1}})
+    assert worse["state"]["type"] == "FAILED"
+    message = worse["state"]["message"]
+    assert f"regressed against {third['name']} by more than 0.01" in message
+    assert "dcmht 16 bits I→T mAP@all" in message and "djsrh" not in message and "lsh" not in message
+    rows = _latest_artifact(deployment.env, "metrics-diff", worse["id"])
+    assert {row["method"] for row in rows if row["regression"]} == {"dcmht"}
+    assert worse["name"] in run_command(["dvc", "exp", "show", "--json"], deployment.workspace).stdout  # still recorded
+    # the automation of docs/orchestration.md told the team, naming the cells
+    deadline = time.monotonic() + 120
+    while not notifications and time.monotonic() < deadline:
+        time.sleep(1)
+    assert len(notifications) == 1, notifications
+    assert f"cmhash run {worse['name']} failed" in notifications[0] and "dcmht 16 bits I→T mAP@all" in notifications[0]
+
+
+def _notification_receiver(deployment) -> list[str]:
+    """A webhook on 127.0.0.1 that records what it receives, a notification block that calls it, and
+    the automation of flows/notify-on-failure.yaml pointed at that block."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, HTTPServer
+
+    from prefect.blocks.notifications import CustomWebhookNotificationBlock
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    received: list[str] = []
+
+    class Receiver(BaseHTTPRequestHandler):
+        def do_POST(self):
+            received.append(self.rfile.read(int(self.headers["Content-Length"])).decode())
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    webhook = HTTPServer(("127.0.0.1", 0), Receiver)
+    threading.Thread(target=webhook.serve_forever, daemon=True).start()
+    with temporary_settings({PREFECT_API_URL: deployment.env["PREFECT_API_URL"]}):
+        block = CustomWebhookNotificationBlock(name="team", url=f"http://127.0.0.1:{webhook.server_port}/",
+                                               json_data={"text": "{{subject}}: {{body}}"})
+        block_id = block.save("cmhash-team", overwrite=True)
+    automation = yaml.safe_load((REPO / "flows" / "notify-on-failure.yaml").read_text())
+    automation["actions"][0]["block_document_id"] = str(block_id)
+    spec = deployment.elsewhere / "automation.yaml"
+    spec.write_text(yaml.safe_dump(automation))
+    run_command(["prefect", "automation", "create", "--from-file", str(spec)], deployment.elsewhere, deployment.env)
+    return received
+
+
+def test_flow_stages_are_dvcs_own(tmp_path):
+    """The flow's tasks are the stages of `dvc dag`, upstream first; a stage added to dvc.yaml is one
+    more task with no edit of the flow."""
+    params = tiny_params()
+    params["train"]["methods"], params["train"]["bits"] = ["lsh", "dcmht"], [16, 32]
+    project = scratch_project(tmp_path, params)
+    with open(project / "dvc.yaml", "a") as dvc_yaml:
+        dvc_yaml.write("\n  summary:\n    cmd: cat reports/results.md\n    deps: [reports/results.md]\n")
+    from cmhash.orchestration.graph import read_pipeline
+
+    stages = read_pipeline(project)
+    dot = run_command(["dvc", "dag", "--dot"], project).stdout
+    edges = {(a, b) for a, b in re.findall(r'"([^"]+)" -> "([^"]+)"', dot)}
+    nodes = set(re.findall(r'"([^"]+)";', dot)) | {name for edge in edges for name in edge}
+    assert {stage.name for stage in stages} == nodes and "summary" in nodes
+    assert {(up, stage.name) for stage in stages for up in stage.upstream} == edges
+    position = {stage.name: i for i, stage in enumerate(stages)}
+    assert all(position[up] < position[down] for up, down in edges)
+    assert [s.name for s in stages if s.gpu] == ["encode", "train@lsh-16", "train@lsh-32", "train@dcmht-16",
+                                                 "train@dcmht-32", "evaluate@lsh-16", "evaluate@lsh-32",
+                                                 "evaluate@dcmht-16", "evaluate@dcmht-32"]
+
+
+def _flow_project(root: Path, methods=("lsh", "itq"), bits=(16,)) -> Path:
+    params = tiny_params()
+    params["train"]["methods"], params["train"]["bits"] = list(methods), list(bits)
+    return scratch_project(root, params)
+
+
+def _run_flow(project: Path, env: dict, *args: str) -> subprocess.CompletedProcess:
+    """`python flows/pipeline.py ARGS` in the project, as a user runs it."""
+    return subprocess.run([sys.executable, "flows/pipeline.py", *args], cwd=project, env=env, capture_output=True, text=True)
+
+
+def _experiment_saved(result: subprocess.CompletedProcess) -> str:
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-4000:]
+    return re.search(r"saved as experiment (\S+)", output)[1]
+
+
+@pytest.mark.slow
+def test_python_flows_pipeline_runs_once_in_ephemeral_mode(tmp_path):
+    project = _flow_project(tmp_path / "project")
+    env = {key: value for key, value in COMMAND_ENV.items() if key != "PREFECT_API_URL"}
+    env.update({"PREFECT_HOME": str(tmp_path / "prefect-home"), "HF_HUB_OFFLINE": "1",
+                "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "90"})
+    name = _experiment_saved(_run_flow(project, env, "-S", "train.seed=1"))
+    assert name in run_command(["dvc", "exp", "show", "--json"], project).stdout
+    assert run_command(["git", "status", "--porcelain", "params.yaml"], project).stdout == ""  # put back
+
+
+@pytest.mark.slow
+def test_parallel_stages_overlap_each_on_a_gpu_of_its_own(prefect_server, tmp_path):
+    project = _flow_project(tmp_path / "project", methods=("lsh", "itq", "cca_itq"))
+    # Two GPUs as far as the flow can tell; each stage's torch then finds no CUDA and uses the CPU.
+    env = {**prefect_server, "CUDA_VISIBLE_DEVICES": "0,1"}
+    _experiment_saved(_run_flow(project, env, "--max-parallel", "2"))
+    rows = _latest_artifact(env, "stage-outcomes")
+
+    def interval(row):
+        return tuple(int(hours) * 3600 + int(minutes) * 60 + float(seconds)
+                     for hours, minutes, seconds in (row[key].split(":") for key in ("started", "finished")))
+
+    overlapping = [(a, b) for i, a in enumerate(rows) for b in rows[i + 1:]
+                   if interval(a)[0] < interval(b)[1] and interval(b)[0] < interval(a)[1]]
+    assert overlapping, rows
+    assert all(a["gpu"] != b["gpu"] for a, b in overlapping if a["gpu"] and b["gpu"])
+    from cmhash.orchestration.graph import read_pipeline
+
+    stages = read_pipeline(project)
+    assert {row["stage"]: row["gpu"] in ("0", "1") for row in rows} == {stage.name: stage.gpu for stage in stages}
+    assert json.loads(run_command(["dvc", "status", "--json"], project).stdout) == {}
+    lock = yaml.safe_load((project / "dvc.lock").read_text())
+    assert set(lock["stages"]) == {stage.name for stage in stages}
+
+
+@pytest.mark.slow
+def test_the_dask_task_runner_runs_the_pipeline(prefect_server, tmp_path):
+    project = _flow_project(tmp_path / "project")
+    _experiment_saved(_run_flow(project, prefect_server, "--task-runner", "dask", "--max-parallel", "2"))
+    assert {row["outcome"] for row in _latest_artifact(prefect_server, "stage-outcomes")} == {"ran"}
+    assert json.loads(run_command(["dvc", "status", "--json"], project).stdout) == {}
+
+
+@pytest.mark.slow
+def test_a_flow_started_during_dvc_repro_waits_or_refuses_and_harms_nothing(prefect_server, tmp_path):
+    from cmhash.orchestration.workspace import active_dvc_processes
+
+    project = _flow_project(tmp_path / "project")
+    repro = subprocess.Popen(["dvc", "repro"], cwd=project, env={**COMMAND_ENV, "HF_HUB_OFFLINE": "1"},
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 60
+    while not active_dvc_processes(project):
+        assert repro.poll() is None and time.monotonic() < deadline, "dvc repro did not start"
+        time.sleep(0.2)
+    refused = _run_flow(project, prefect_server, "--workspace-timeout", "3")
+    output = refused.stdout + refused.stderr
+    assert refused.returncode == 1
+    assert "is busy, so this run stopped before running anything" in output and "dvc repro" in output
+    assert "dvc-stages" not in output  # no stage task was started
+    waiting = subprocess.Popen([sys.executable, "flows/pipeline.py"], cwd=project, env=prefect_server,
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    repro_output = repro.communicate(timeout=600)[0]
+    assert repro.returncode == 0, repro_output  # the run started by hand finished undisturbed
+    waited = waiting.communicate(timeout=600)[0]
+    assert waiting.returncode == 0 and "waiting for" in waited, waited[-4000:]
+    assert set(row["outcome"] for row in _latest_artifact(prefect_server, "stage-outcomes")) == {"skipped"}
+    assert json.loads(run_command(["dvc", "status", "--json"], project).stdout) == {}
+
+
+@pytest.mark.slow
+def test_a_pushed_run_is_pulled_by_another_clone(prefect_server, tmp_path):
+    project = _flow_project(tmp_path / "project")
+    origin, storage = tmp_path / "origin.git", tmp_path / "dvc-storage"
+    run_command(["git", "init", "-q", "--bare", "-b", "main", str(origin)], tmp_path)
+    run_command(["git", "remote", "add", "origin", str(origin)], project)
+    run_command(["dvc", "remote", "add", "-d", "storage", str(storage)], project)
+    run_command(["git", "commit", "-qam", "DVC remote"], project)
+    run_command(["git", "push", "-q", "origin", "main"], project)
+    name = _experiment_saved(_run_flow(project, prefect_server, "--push"))
+
+    other = tmp_path / "other"
+    run_command(["git", "clone", "-q", str(origin), str(other)], tmp_path)
+    run_command(["dvc", "exp", "pull", "origin", name], other)
+    run_command(["dvc", "exp", "apply", name], other)
+    assert json.loads(run_command(["dvc", "status", "--json"], other).stdout) == {}
+    for metrics in (project / "metrics").glob("*.json"):
+        assert (other / "metrics" / metrics.name).read_text() == metrics.read_text()
+    assert (other / "data" / "models" / "itq-16" / "model.pt").read_bytes() == \
+        (project / "data" / "models" / "itq-16" / "model.pt").read_bytes()
+
+
+@pytest.mark.slow
+def test_a_failed_stage_stops_its_dependents_and_independent_stages_finish(prefect_server, tmp_path):
+    import h5py
+
+    project = _flow_project(tmp_path / "project")
+    with open(project / "dvc.yaml", "a") as dvc_yaml:  # a stage beside validate: it reads only the prepared file
+        dvc_yaml.write("\n  inventory:\n    cmd: wc -c data/prepared/builtin.h5 > inventory.txt\n"
+                       "    deps: [data/prepared/builtin.h5]\n    outs: [inventory.txt]\n")
+    run_command(["git", "commit", "-qam", "inventory stage"], project)
+    run_command(["dvc", "repro", "prepare"], project)
+    with h5py.File(project / "data/prepared/builtin.h5", "r+") as f:
+        f["labels"][0] = 0
+    run_command(["dvc", "commit", "-f", "prepare"], project)  # as if the converter had made this file
+
+    result = _run_flow(project, prefect_server)
+    output = result.stdout + result.stderr
+    assert result.returncode == 1
+    assert "validate failed: " in output and "every item has at least one label" in output
+    outcomes = {row["stage"]: row["outcome"] for row in _latest_artifact(prefect_server, "stage-outcomes")}
+    assert outcomes["validate"] == "failed" and outcomes["inventory"] == "ran" and outcomes["prepare"] == "skipped"
+    downstream = [stage for stage in outcomes if stage.split("@")[0] in ("encode", "train", "evaluate", "report")]
+    assert len(downstream) == 6 and all(outcomes[stage] == "not run (upstream failed)" for stage in downstream)
+    assert not (project / "data" / "features").exists()
