@@ -140,7 +140,8 @@ def first_runs(deployment):
 def test_a_scheduled_run_is_a_versioned_experiment_with_a_metrics_diff(deployment, first_runs):
     first, first_outcomes, second, second_outcomes = first_runs
     assert first["state"]["type"] == "COMPLETED", first["state"]["message"] + first["worker_output"][-3000:]
-    assert set(first_outcomes.values()) == {"ran"} and len(first_outcomes) == 1 + 3 + 3 * 2 + 1
+    assert first_outcomes == {stage: "ran" for stage in ["check-params", "prepare", "validate", "encode", "items", "report"]
+                              + [f"{kind}@{method}-16" for kind in ("train", "evaluate", "index") for method in METHODS]}
     shown = run_command(["dvc", "exp", "show", "--json"], deployment.workspace).stdout
     assert first["name"] in shown and second["name"] in shown
     rows = _latest_artifact(deployment.env, "metrics-diff", first["id"])
@@ -164,7 +165,7 @@ def test_scheduled_runs_rerun_what_changed_and_fail_on_a_regression(deployment, 
     assert third["state"]["type"] == "COMPLETED", third["state"]["message"]
     ran = {stage for stage, outcome in deployment.stage_outcomes().items() if outcome == "ran"}
     # check-params reruns on any parameter change (it checks the whole file; its output stays the same)
-    assert ran == {"check-params", "train@djsrh-16", "evaluate@djsrh-16", "report"}
+    assert ran == {"check-params", "train@djsrh-16", "evaluate@djsrh-16", "index@djsrh-16", "report"}
 
     notifications = _notification_receiver(deployment)
     worse = deployment.run({"overrides": {**overrides, "methods.dcmht.epochs": 1}})
@@ -369,6 +370,6 @@ def test_a_failed_stage_stops_its_dependents_and_independent_stages_finish(prefe
     assert "validate failed: " in output and "every item has at least one label" in output
     outcomes = {row["stage"]: row["outcome"] for row in _latest_artifact(prefect_server, "stage-outcomes")}
     assert outcomes["validate"] == "failed" and outcomes["inventory"] == "ran" and outcomes["prepare"] == "skipped"
-    downstream = [stage for stage in outcomes if stage.split("@")[0] in ("encode", "train", "evaluate", "report")]
-    assert len(downstream) == 6 and all(outcomes[stage] == "not run (upstream failed)" for stage in downstream)
+    downstream = [stage for stage in outcomes if stage.split("@")[0] in ("encode", "train", "evaluate", "index", "items", "report")]
+    assert len(downstream) == 9 and all(outcomes[stage] == "not run (upstream failed)" for stage in downstream)
     assert not (project / "data" / "features").exists()

@@ -35,10 +35,14 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
 def _new_temporary_file(target: Path) -> Path:
     """Create an empty, uniquely named file next to ``target``. Unlike ``tempfile.mkstemp`` (always
     0600), ``os.open`` with mode 0666 lets the umask decide, as for any other new file."""
+    return _create_next_to(target, lambda tmp: os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)))
+
+
+def _create_next_to(target: Path, create) -> Path:
     while True:
         tmp = target.with_name(f".{target.name}.{secrets.token_hex(6)}.tmp")
         try:
-            os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
+            create(tmp)
             return tmp
         except FileExistsError:  # another writer drew the same name: draw again
             continue
@@ -54,3 +58,25 @@ def write_text(path: str | os.PathLike, text: str) -> None:
     """Write ``text`` (UTF-8), atomically."""
     with atomic_path(path) as tmp:
         tmp.write_text(text, encoding="utf-8")
+
+
+@contextmanager
+def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield an empty temporary folder next to ``path``; when the block succeeds it replaces
+    ``path`` (an earlier version is removed only after the new one is complete)."""
+    import shutil
+
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _create_next_to(target, os.mkdir)  # 0777 less the umask
+    old = None
+    try:
+        yield tmp
+        if target.exists():
+            old = target.with_name(f".{target.name}.{secrets.token_hex(6)}.old")
+            os.replace(target, old)
+        os.replace(tmp, target)
+    finally:
+        for leftover in (tmp, old):
+            if leftover is not None and leftover.exists():
+                shutil.rmtree(leftover)

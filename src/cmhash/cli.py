@@ -1,7 +1,7 @@
 """The ``cmhash`` command line: one subcommand per pipeline stage (what dvc.yaml calls), plus
 ``tune``, which chooses a method's settings on a validation split carved from the training split,
-``plots-page``, which renders the DVC plots as an HTML page that works offline, and ``diff``, which
-compares the metrics of two versions.
+``plots-page``, which renders the DVC plots as an HTML page that works offline, ``diff``, which
+compares the metrics of two versions, and ``search`` and ``serve``, which find items with the codes.
 
 Heavy libraries are imported inside the stage functions, so ``cmhash --help`` stays fast.
 """
@@ -22,6 +22,10 @@ STAGES = {
     "train": "fit one hashing method at one code length; write data/models/<method>-<bits>/",
     "evaluate": "compute mAP@all, mAP@k and curves for one method and length; write metrics/ and plots/",
     "report": "write the results table of every method and code length to reports/results.md",
+    "items": "write the catalog that search results show (captions, labels and a thumbnail of every item) "
+             "to data/index/items/",
+    "index": "write the search index of one trained method and length (packed codes, item ids, the model that "
+             "encodes queries) to data/index/<method>-<bits>/",
 }
 
 
@@ -39,9 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
         stage = sub.add_parser(name, help=help_text, description=help_text)
         stage.add_argument("--params", default="params.yaml", type=Path, help="parameter file (default: params.yaml)")
         stage.add_argument("--root", default=Path("."), type=Path, help="project folder that holds data/, metrics/ and plots/ (default: .)")
-        if name in ("prepare", "encode", "train", "evaluate"):
+        if name in ("prepare", "encode", "train", "evaluate", "items"):
             stage.add_argument("--quiet", action="store_true", help="no progress bars (they show only on a terminal anyway)")
-        if name in ("train", "evaluate"):
+        if name in ("train", "evaluate", "index"):
             stage.add_argument("--method", help="hashing method, e.g. djsrh, lsh, itq")
             stage.add_argument("--bits", type=int, help="code length in bits, e.g. 64")
             stage.add_argument("--from-dvc-stage", action="store_true",
@@ -72,6 +76,27 @@ def build_parser() -> argparse.ArgumentParser:
                       help="where the offline template is kept after its first build (default: ~/.cache/cmhash)")
     page.add_argument("--scripts-dir", default=None, type=Path,
                       help="take vega.min.js, vega-lite.min.js and vega-embed.min.js from this folder instead of npm")
+    search_help = ("find the retrieval items nearest to a text (its images) or an image (its texts) by Hamming "
+                   "distance, with the index of one method and length (after dvc repro)")
+    search = sub.add_parser("search", help=search_help, description=search_help)
+    search.add_argument("--method", required=True, help="hashing method of the index, e.g. djsrh")
+    search.add_argument("--bits", required=True, help="code length of the index, e.g. 64")
+    search.add_argument("--text", help="search the images with this text")
+    search.add_argument("--image", type=Path, help="search the texts with this image file (with --text too for fused "
+                                                     "methods such as clipmh, whose codes are of image-text pairs)")
+    search.add_argument("--k", default=10, help="how many results (default: 10)")
+    search.add_argument("--json", action="store_true", help="print the results as JSON")
+    search.add_argument("--params", default="params.yaml", type=Path, help="parameter file (its encode section "
+                        "encodes the query; default: params.yaml)")
+    search.add_argument("--root", default=Path("."), type=Path, help="project folder that holds data/ (default: .)")
+    serve_help = ("serve the search API and its web page (/) over the indexes of data/index; "
+                  "binds 127.0.0.1 unless --host says otherwise")
+    serve = sub.add_parser("serve", help=serve_help, description=serve_help)
+    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, this machine only; "
+                       "0.0.0.0 exposes the API and every indexed item's captions, labels and images to the network)")
+    serve.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
+    serve.add_argument("--params", default="params.yaml", type=Path, help="parameter file (default: params.yaml)")
+    serve.add_argument("--root", default=Path("."), type=Path, help="project folder that holds data/ (default: .)")
     diff_help = ("compare mAP@all and mAP@50 of two versions (commits, branches, tags, experiments by name, or the "
                  "workspace): one row per method, code length and direction, drops beyond --threshold marked")
     diff = sub.add_parser("diff", help=diff_help, description=diff_help)
@@ -111,6 +136,15 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         params = load_params(args.params)
         layout = Layout(args.root)
+        if args.stage == "search":
+            from cmhash.search.cli import run_search
+
+            return run_search(args, params)
+        if args.stage == "serve":
+            from cmhash.search.server import serve
+
+            serve(args.root, params, args.host, args.port)
+            return 0
         if args.stage == "check-params":
             print(f"checked {args.params}: wrote {stages.check_params(params, layout, args.params)}")
             return 0
@@ -133,6 +167,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{method} {bits} bits: {summary}")
         elif args.stage == "report":
             print(f"wrote {stages.report(params, layout)}")
+        elif args.stage == "items":
+            print(f"wrote {stages.items(params, layout, progress)}")
+        elif args.stage == "index":
+            method, bits = _method_and_bits(args)
+            print(f"wrote {stages.index(params, layout, method, bits)}")
         elif args.stage == "tune":
             from cmhash.tuning import parse_grid, render_table, tune
 

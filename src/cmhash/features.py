@@ -47,6 +47,20 @@ def read_features(path: str | Path) -> Features:
                         str(f.attrs.get("fingerprint", "")))
 
 
+def read_recipe(path: str | Path) -> dict:
+    """How the features were made, without reading them: the encoder's name and settings and the
+    text source (what a query must be encoded with to be comparable), and the full fingerprint."""
+    path = Path(path)
+    if not path.is_file():
+        raise CmhashError(f"{path}: features not found; run `cmhash encode` (or `dvc repro encode`) first.")
+    with h5py.File(path, "r") as f:
+        fingerprint = str(f.attrs.get("fingerprint", ""))
+        aligned = bool(f.attrs["aligned"])
+    made = json.loads(fingerprint)
+    return {"name": made["encoder"], "settings": made["settings"], "text": made["text"], "aligned": aligned,
+            "fingerprint": fingerprint}
+
+
 def normalise_rows(x: np.ndarray) -> np.ndarray:
     norms = np.linalg.norm(x, axis=1, keepdims=True)
     return (x / np.maximum(norms, 1e-12)).astype(np.float32)

@@ -29,6 +29,13 @@ class Layout:
     def model_dir(self, method: str, bits: int) -> Path:
         return self.root / "data" / "models" / f"{method}-{bits}"
 
+    def items_dir(self) -> Path:
+        """The items catalog that search results show (captions, labels, thumbnails)."""
+        return self.root / "data" / "index" / "items"
+
+    def index_dir(self, method: str, bits: int) -> Path:
+        return self.root / "data" / "index" / f"{method}-{bits}"
+
     def metrics(self, method: str, bits: int) -> Path:
         return self.root / "metrics" / f"{method}-{bits}.json"
 

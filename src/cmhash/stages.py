@@ -169,6 +169,24 @@ def evaluate(params: dict[str, Any], layout: Layout, method: str, bits: int, pro
     return results
 
 
+def items(params: dict[str, Any], layout: Layout, progress: bool = True) -> Path:
+    """Write the items catalog that search results show (data/index/items/)."""
+    from cmhash.search.index_files import build_items
+
+    return build_items(layout.prepared(params["dataset"]["name"]), layout.items_dir(), progress)
+
+
+def index(params: dict[str, Any], layout: Layout, method: str, bits: int) -> Path:
+    """Write the search index of one trained method and length (data/index/<method>-<bits>/)."""
+    from cmhash.methods import check_method_and_bits
+    from cmhash.search.index_files import build_index
+
+    check_method_and_bits(method, bits)
+    model_dir = layout.model_dir(method, bits)
+    return build_index(model_dir / "codes.h5", model_dir / "model.pt", layout.features(params["dataset"]["name"]),
+                       layout.index_dir(method, bits))
+
+
 def report(params: dict[str, Any], layout: Layout) -> Path:
     """Write the results table of every method and code length (reports/results.md)."""
     from cmhash.report import render_results

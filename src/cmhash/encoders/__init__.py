@@ -4,6 +4,7 @@ An encoder turns a batch of RGB PIL images and a batch of strings into float arr
 
     encoder.encode_images(images: list[PIL.Image]) -> np.ndarray  # (n, image_dim)
     encoder.encode_texts(texts: list[str]) -> np.ndarray          # (n, text_dim)
+    encoder.count_tokens(text) -> int   # a text longer than encoder.context_length is truncated
 
 and describes itself with ``name``, ``aligned`` (True when both modalities share one embedding
 space, as in CLIP) and ``settings()`` (what is recorded in the features file).
@@ -27,6 +28,10 @@ class Encoder(Protocol):
     def encode_images(self, images: list) -> np.ndarray: ...
 
     def encode_texts(self, texts: list[str]) -> np.ndarray: ...
+
+    context_length: int
+
+    def count_tokens(self, text: str) -> int: ...
 
 
 def build_encoder(encode: dict[str, Any]) -> Encoder:

@@ -82,6 +82,15 @@ class OpenClipEncoder:
         with torch.inference_mode(), self._autocast():
             return self.model.encode_image(batch).float().cpu().numpy()
 
+    @property
+    def context_length(self) -> int:
+        """Tokens the text tower reads (start and end tokens included); a longer text is truncated."""
+        return int(self.model.context_length)
+
+    def count_tokens(self, text: str) -> int:
+        """Tokens of ``text`` untruncated (padding is token 0 in open_clip's tokenizers)."""
+        return int((self.tokenizer([text], context_length=max(4096, 4 * len(text))) != 0).sum())
+
     def encode_texts(self, texts: list[str]) -> np.ndarray:
         torch = self._torch
         tokens = self.tokenizer(list(texts)).to(self.device)

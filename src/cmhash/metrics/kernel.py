@@ -29,21 +29,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from numba import njit, prange, types
-from numba.core.extending import intrinsic
+from numba import njit, prange
 
+from cmhash.bitcodes import popcount
 from cmhash.codes import MAX_BITS
-
-
-@intrinsic
-def _popcount(typingctx, word):
-    """The CPU's population count of a uint64 (LLVM ``ctpop``)."""
-    signature = types.uint64(types.uint64)
-
-    def codegen(context, builder, sig, args):
-        return builder.ctpop(args[0])
-
-    return signature, codegen
 
 
 # Bucket words and packed relevant items are int64: (items counted << 32) | (relevant counted << 8) | distance,
@@ -93,7 +82,7 @@ def _tally(distance, is_relevant, bucket_words, packed, n_relevant):
 def _distance(query_code, retrieval_code):
     distance = np.uint64(0)
     for w in range(query_code.shape[0]):
-        distance += _popcount(query_code[w] ^ retrieval_code[w])
+        distance += popcount(query_code[w] ^ retrieval_code[w])
     return distance
 
 
@@ -115,7 +104,7 @@ def _count_pass(query_code, retrieval_codes, query_label, retrieval_labels, item
         # <= 64 bits and <= 64 labels, the common case: no inner word loops (about 1.6x faster)
         code, label = query_code[0], query_label[0]
         for j in range(retrieval_codes.shape[0]):
-            n_relevant = _tally(_popcount(code ^ retrieval_codes[j, 0]), np.int64((label & retrieval_labels[j, 0]) != 0),
+            n_relevant = _tally(popcount(code ^ retrieval_codes[j, 0]), np.int64((label & retrieval_labels[j, 0]) != 0),
                                 bucket_words, packed, n_relevant)
     else:
         for j in range(retrieval_codes.shape[0]):
@@ -248,7 +237,7 @@ def _scan(query_codes, retrieval_codes, query_labels, retrieval_labels, bits, ks
 def scan_rankings(query_words: np.ndarray, retrieval_words: np.ndarray, query_label_words: np.ndarray,
                   retrieval_label_words: np.ndarray, bits: int, ks, r_values, by_index: bool = True,
                   n_threads: int | None = None) -> RankStatistics:
-    """Rank statistics of every query against the retrieval set (packed words, see ``packing``).
+    """Rank statistics of every query against the retrieval set (packed words, see :mod:`cmhash.bitcodes`).
 
     ``ks``: ranking depths, ``r_values``: the R of precision@R; both int64, ascending, at most n and
     ``ks`` not empty (``RetrievalProblem.statistics`` prepares them). ``by_index=False`` computes only

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from cmhash.metrics.kernel import RankStatistics, scan_rankings
-from cmhash.metrics.packing import PackedCodes, pack_codes, pack_labels
+from cmhash.bitcodes import PackedCodes, pack_codes, pack_labels
 from cmhash.metrics.ties import expected_average_precision, expected_hits_at
 
 TIES = ("index", "average")

@@ -1,8 +1,9 @@
-"""Bit-packing of hash codes and label sets, the input format of the ranking kernel.
+"""Binary codes as bits: packing into unsigned 64-bit words, and the CPU's popcount for numba kernels.
 
-A K-bit code becomes ``ceil(K / 64)`` unsigned 64-bit words, so a Hamming distance is a few XORs
-and popcounts. Labels are packed the same way, so "shares at least one label" is a few ANDs.
-Padding bits are zero on both sides and therefore never count.
+A K-bit code becomes ``ceil(K / 64)`` words, so a Hamming distance is a few XORs and popcounts (the
+ranking kernel of :mod:`cmhash.metrics` and the search engine of :mod:`cmhash.search` both work on
+these words). Labels are packed the same way, so "shares at least one label" is a few ANDs. Padding
+bits are zero on both sides and therefore never count.
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from numba import types
+from numba.core.extending import intrinsic
 
 _WORD_BYTES = 8
 
@@ -74,3 +77,14 @@ def pack_labels(labels) -> np.ndarray:
     else:
         raise ValueError(f"labels must be (n, L) multi-hot or (n,) class ids, got shape {labels.shape}")
     return _bytes_to_words(np.packbits(multi_hot, axis=1, bitorder="little"))
+
+
+@intrinsic
+def popcount(typingctx, word):
+    """The CPU's population count of a uint64 (LLVM ``ctpop``), for numba kernels."""
+    signature = types.uint64(types.uint64)
+
+    def codegen(context, builder, sig, args):
+        return builder.ctpop(args[0])
+
+    return signature, codegen

@@ -1,0 +1,326 @@
+"""Search with the codes: the items and index stages, `cmhash search`, the HTTP API and the page
+in a real browser, on a small project built once for the module."""
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import yaml
+from conftest import COMMAND_ENV, tiny_params
+
+from cmhash import stages
+from cmhash.cli import main
+from cmhash.layout import Layout
+
+EVIL_CAPTION = '<img src=x onerror="document.title=\'pwned\'">\x1b[2Ja caption with markup'
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    """600 built-in items; DCMHT (supervised, 32 bits), LSH (no learned alignment) and CLIPMH (fused);
+    the first retrieval item's caption replaced by markup and an ANSI escape, as users' data may hold.
+    Returns the params, the layout and that item's id."""
+    params = tiny_params()
+    params["dataset"]["builtin"] = {"size": 600, "image_size": 64}
+    params["dataset"]["split"] = {"query": 100, "train": 400}
+    params["train"]["methods"], params["train"]["bits"] = ["dcmht", "lsh", "clipmh"], [32]
+    params["methods"]["dcmht"].update({"epochs": 40, "hidden": 128})
+    layout = Layout(tmp_path_factory.mktemp("search"))
+    stages.prepare(params, layout, progress=False)
+    with h5py.File(layout.prepared("builtin"), "r+") as f:
+        evil_item = int(f["splits/retrieval"][0])
+        texts = f["texts"][()]
+        texts[np.flatnonzero(f["text_item"][()] == evil_item)[0]] = EVIL_CAPTION.encode()
+        del f["texts"]
+        f.create_dataset("texts", data=texts.astype(object), dtype=h5py.string_dtype())
+    stages.encode(params, layout, progress=False)
+    for method in params["train"]["methods"]:
+        stages.train(params, layout, method, 32, progress=False)
+        stages.evaluate(params, layout, method, 32, progress=False)
+        stages.index(params, layout, method, 32)
+    stages.items(params, layout, progress=False)
+    (layout.root / "params.yaml").write_text(yaml.safe_dump(params))
+    return params, layout, evil_item
+
+
+def _search(layout, *args, json_output=True):
+    argv = ["search", "--params", str(layout.root / "params.yaml"), "--root", str(layout.root), *args]
+    return main(argv + (["--json"] if json_output else []))
+
+
+def test_the_index_stage_writes_packed_codes_ids_and_the_query_recipe(project):
+    params, layout, evil_item = project
+    folder = layout.index_dir("dcmht", 32)
+    info = json.loads((folder / "index.json").read_text())
+    assert info["method"] == "dcmht" and info["bits"] == 32 and not info["fused"] and info["items"] == 500
+    assert info["encoder"]["name"] == "efficientnet-lite0+all-minilm-l6-v2" and info["encoder"]["text"] == "captions"
+    header = (folder / "images.hidx").read_bytes().split(b"\n", 2)
+    assert json.loads(header[1]) == {"bits": 32, "items": 500} and len(header[2]) == 500 * 8  # one 64-bit word an item
+    from cmhash.datasets.prepared import PreparedData
+
+    with PreparedData(layout.prepared("builtin")) as data:
+        assert np.array_equal(np.load(folder / "ids.npy"), data.splits["retrieval"])
+    assert (layout.model_dir("dcmht", 32) / "model.pt").read_bytes() == (folder / "model.pt").read_bytes()
+    assert sorted(os.listdir(layout.index_dir("clipmh", 32))) == ["ids.npy", "index.json", "model.pt", "pairs.hidx"]
+    assert len(os.listdir(layout.items_dir() / "images")) == 600
+
+
+def test_label_names_find_items_carrying_them_far_above_chance(project):
+    """A text made of a label name finds images with that label: DCMHT's learned codes far above the
+    label's share of the items; LSH, which learns no alignment of the two encoders, at chance."""
+    from cmhash.search.service import SearchService
+
+    params, layout, evil_item = project
+    service = SearchService(layout.root, params)
+    names, labels = service.items.label_names, service.items.labels
+    chance = float(labels.mean())
+    precision = {}
+    for method in ("dcmht", "lsh"):
+        found = [[name in result["labels"] for result in service.search(method, 32, 20, text=f"a photo of a {name}")["results"]]
+                 for name in names]
+        precision[method] = float(np.mean(found))
+    assert precision["dcmht"] > 2.2 * chance, precision
+    assert precision["lsh"] < 1.3 * chance, precision
+
+
+def test_cli_searches_with_a_text_or_an_image(project, capsys):
+    params, layout, evil_item = project
+    assert _search(layout, "--method", "dcmht", "--bits", "32", "--text", "a red square", "--k", "5") == 0
+    answer = json.loads(capsys.readouterr().out)
+    assert answer["direction"] == "text→image" and [r["rank"] for r in answer["results"]] == [1, 2, 3, 4, 5]
+    distances = [r["distance"] for r in answer["results"]]
+    assert distances == sorted(distances) and all(Path(r["image_path"]).is_file() for r in answer["results"])
+    image = layout.items_dir() / "images" / "3.jpg"
+    assert _search(layout, "--method", "dcmht", "--bits", "32", "--image", str(image), "--k", "3") == 0
+    assert json.loads(capsys.readouterr().out)["direction"] == "image→text"
+    assert _search(layout, "--method", "clipmh", "--bits", "32", "--image", str(image), "--text", "a star") == 0
+    assert json.loads(capsys.readouterr().out)["direction"] == "pair→pair"
+    # the table, with users' captions escaped for the terminal
+    assert _search(layout, "--method", "lsh", "--bits", "32", "--text", "x", "--k", "500", json_output=False) == 0
+    table = capsys.readouterr().out
+    assert "rank  id" in table and "\\x1b[2Ja caption with markup" in table and "\x1b" not in table
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--method", "nope", "--bits", "32", "--text", "x"], "there is no index for method 'nope' at 32 bits; indexes here: clipmh 32, dcmht 32, lsh 32."),
+    (["--method", "dcmht", "--bits", "64", "--text", "x"], "there is no index for method 'dcmht' at 64 bits"),
+    (["--method", "dcmht", "--bits", "32", "--text", "   "], "the query text is empty"),
+    (["--method", "dcmht", "--bits", "32", "--text", "x", "--k", "0"], "k must be a positive whole number, got '0'"),
+    (["--method", "dcmht", "--bits", "32", "--text", "x", "--k", "ten"], "k must be a positive whole number, got 'ten'"),
+    (["--method", "dcmht", "--bits", "32"], "give a text or an image to search with"),
+    (["--method", "clipmh", "--bits", "32", "--text", "x"], "clipmh makes one code per image-text pair"),
+    (["--method", "dcmht", "--bits", "32", "--image", "params.yaml"], "is not an image PIL can read"),
+    (["--method", "dcmht", "--bits", "32", "--image", "missing.jpg"], "missing.jpg: cannot read the image"),
+])
+def test_cli_bad_input_is_one_line(project, capsys, monkeypatch, args, message):
+    params, layout, evil_item = project
+    monkeypatch.chdir(layout.root)
+    assert _search(layout, *args) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("cmhash search: error: ") and message in err and err.count("\n") == 1, err
+
+
+def test_long_text_and_large_k_are_served_and_said(project, capsys):
+    params, layout, evil_item = project
+    assert _search(layout, "--method", "dcmht", "--bits", "32", "--text", "a red square " * 200, "--k", "10000") == 0
+    answer = json.loads(capsys.readouterr().out)
+    assert len(answer["results"]) == 500
+    assert answer["notes"] == ["the query has 602 tokens; the text encoder reads the first 256, the rest was ignored",
+                               "k=10000 is more than the 500 indexed items; all of them are returned"]
+
+
+def test_an_index_of_another_encoder_is_refused(project, tmp_path, capsys):
+    params, layout, evil_item = project
+    other = {**params, "encode": {**params["encode"], "offline": {"image_size": 96}}}
+    (tmp_path / "other.yaml").write_text(yaml.safe_dump(other))
+    assert main(["search", "--params", str(tmp_path / "other.yaml"), "--root", str(layout.root), "--method", "dcmht",
+                 "--bits", "32", "--text", "x"]) == 1
+    err = capsys.readouterr().err
+    assert "index dcmht-32 was built from features of efficientnet-lite0+all-minilm-l6-v2" in err
+    assert "'image_size': 64" in err and "'image_size': 96" in err
+
+
+def test_the_http_api(project):
+    from fastapi.testclient import TestClient
+
+    from cmhash.search.server import create_app
+    from cmhash.search.service import SearchService
+
+    params, layout, evil_item = project
+    client = TestClient(create_app(SearchService(layout.root, params)))
+    models = client.get("/api/models").json()
+    assert [(m["method"], m["bits"]) for m in models] == [("clipmh", 32), ("dcmht", 32), ("lsh", 32)]
+    assert 0 < models[1]["map"]["t2i"]["map_all"] < 1
+    answer = client.get("/api/search", params={"text": "a blue star", "method": "dcmht", "bits": 32, "k": 4}).json()
+    assert len(answer["results"]) == 4 and answer["milliseconds"]["search"] >= 0
+    image = (layout.items_dir() / "images" / "8.jpg").read_bytes()
+    posted = client.post("/api/search?method=dcmht&bits=32&k=2", content=image, headers={"Content-Type": "image/jpeg"})
+    assert posted.status_code == 200 and posted.json()["direction"] == "image→text"
+    item = client.get(f"/api/items/{answer['results'][0]['id']}").json()
+    assert item["captions"] and item["labels"]
+    thumbnail = client.get(f"/api/items/{item['id']}/image")
+    assert thumbnail.status_code == 200 and thumbnail.headers["content-type"] == "image/jpeg"
+    page = client.get("/")
+    assert page.status_code == 200 and "default-src 'self'" in page.headers["content-security-policy"]
+    assert "http://" not in page.text and "https://" not in page.text  # no CDN
+    for request, status, message in [
+        (("get", "/api/search", {"params": {"text": "", "method": "dcmht", "bits": 32}}), 400, "the query text is empty"),
+        (("get", "/api/search", {"params": {"text": "x", "method": "x", "bits": 32}}), 404, "indexes here: clipmh 32"),
+        (("get", "/api/search", {"params": {"text": "x", "method": "dcmht", "bits": 32, "k": "-2"}}), 400, "k must be"),
+        (("get", "/api/search", {"params": {"method": "dcmht", "bits": 32}}), 400, "give the query as ?text="),
+        (("post", "/api/search?method=dcmht&bits=32", {"content": b"not an image"}), 415, "not an image"),
+        (("post", "/api/search?method=dcmht&bits=32", {"content": b""}), 400, "has no image"),
+        (("post", "/api/search?method=dcmht&bits=32", {"content": b"0" * (10 * 1024 * 1024 + 1)}), 413, "bytes"),
+        (("get", "/api/items/100000", {}), 404, "there is no item 100000"),
+        (("get", "/api/items/abc/image", {}), 400, "an item id is a whole number"),
+    ]:
+        verb, url, kwargs = request
+        response = getattr(client, verb)(url, **kwargs)
+        assert response.status_code == status and message in response.json()["error"], (url, response.text)
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def served(project):
+    """A real `cmhash serve` process on a free port of 127.0.0.1."""
+    params, layout, evil_item = project
+    port = _free_port()
+    server = subprocess.Popen(["cmhash", "serve", "--port", str(port), "--params", "params.yaml"], cwd=layout.root,
+                              env={**COMMAND_ENV, "HF_HUB_OFFLINE": "1"}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              text=True, start_new_session=True)
+    import httpx
+
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            httpx.get(f"http://127.0.0.1:{port}/api/models", timeout=2).raise_for_status()
+            break
+        except httpx.HTTPError:
+            assert server.poll() is None and time.monotonic() < deadline, server.stdout.read()
+            time.sleep(0.5)
+    yield f"http://127.0.0.1:{port}"
+    os.killpg(server.pid, signal.SIGTERM)
+    server.wait(30)
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+needs_chromium = pytest.mark.skipif(CHROMIUM is None, reason="needs Chromium (apt-get install chromium; .ci/run installs it)")
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+@needs_chromium
+def test_a_search_link_opens_with_its_results_drawn(served, tmp_path):
+    """The page reads its query from the URL (Chromium's --dump-dom: the DOM after the page's scripts ran)."""
+    url = f"{served}/?text=a+photo+of+a+green+circle&method=dcmht&bits=32&k=6"
+    dom = subprocess.run([CHROMIUM, *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=20000",
+                          "--dump-dom", url], capture_output=True, text=True, timeout=120).stdout
+    assert dom.count('class="result"') == 6 and "encode" in dom and "dcmht 32 bits, text→image" in dom
+    from html.parser import HTMLParser
+
+    class Images(HTMLParser):
+        sources = []
+
+        def handle_starttag(self, tag, attrs):
+            if tag == "img":
+                self.sources.append(dict(attrs)["src"])
+
+    parser = Images()
+    parser.feed(dom)
+    assert len(parser.sources) == 6 and all(src.startswith("/api/items/") for src in parser.sources)
+
+
+@needs_chromium
+def test_a_query_typed_into_the_page_is_searched(served, tmp_path, project):
+    """Typed with real key events through the DevTools protocol; results drawn, URL updated, users'
+    captions shown as text (the markup in one is not run)."""
+    result = _drive_browser(served, tmp_path, typed="a photo of a blue star")
+    assert result["cards"] == 8 and "text=a+photo+of+a+blue+star" in result["url"] and result["title"] == "cmhash search"
+    shown = _drive_browser(served, tmp_path, url=f"{served}/?text=x&method=lsh&bits=32&k=500")
+    assert shown["captions"][str(project[2])] == [EVIL_CAPTION]  # as text, character for character
+    assert shown["title"] == "cmhash search" and shown["injected_images"] == 0
+    for page in (result, shown):  # every request the page made went to the server on 127.0.0.1
+        assert any("/api/search?" in url for url in page["requests"]) and any(url.endswith("/image") for url in page["requests"])
+        assert [url for url in page["requests"] if not url.startswith(served)] == []
+
+
+def _drive_browser(base: str, tmp_path: Path, typed: str | None = None, url: str | None = None) -> dict:
+    """Open the page in headless Chromium, type ``typed`` into the search box and press Enter (or open
+    ``url``), wait for the results, and read the page back, with every request the page made."""
+    from websockets.sync.client import connect
+
+    port = _free_port()
+    browser = subprocess.Popen([CHROMIUM, *CHROMIUM_FLAGS, f"--remote-debugging-port={port}",
+                                f"--user-data-dir={tmp_path / f'profile-{port}'}", "about:blank"],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        import httpx
+
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                pages = httpx.get(f"http://127.0.0.1:{port}/json/list", timeout=2).json()
+                target = next(page for page in pages if page["type"] == "page")
+                break
+            except (httpx.HTTPError, StopIteration):
+                assert time.monotonic() < deadline, "Chromium's DevTools did not start"
+                time.sleep(0.3)
+        with connect(target["webSocketDebuggerUrl"], max_size=None) as devtools:
+            calls, requests = iter(range(1, 10_000)), []
+
+            def call(method, **params):
+                number = next(calls)
+                devtools.send(json.dumps({"id": number, "method": method, "params": params}))
+                while True:
+                    message = json.loads(devtools.recv(timeout=60))
+                    if message.get("method") == "Network.requestWillBeSent":
+                        requests.append(message["params"]["request"]["url"])
+                    if message.get("id") == number:
+                        return message.get("result", {})
+
+            def evaluate(expression):
+                return call("Runtime.evaluate", expression=expression, returnByValue=True, awaitPromise=True)["result"].get("value")
+
+            def wait_for(expression, seconds=60):
+                deadline = time.monotonic() + seconds
+                while not evaluate(expression):
+                    assert time.monotonic() < deadline, f"timed out waiting for {expression}"
+                    time.sleep(0.2)
+
+            call("Page.enable")
+            call("Network.enable")
+            call("Page.navigate", url=url or f"{base}/")
+            wait_for("document.readyState === 'complete' && document.querySelectorAll('#model option').length > 0")
+            if typed is not None:
+                evaluate("document.getElementById('model').value = 'dcmht 32'; document.getElementById('k').value = '8'; "
+                         "document.getElementById('text').focus(); true")
+                for character in typed:
+                    call("Input.dispatchKeyEvent", type="keyDown", text=character, key=character)
+                    call("Input.dispatchKeyEvent", type="keyUp", key=character)
+                call("Input.dispatchKeyEvent", type="keyDown", key="Enter", code="Enter", windowsVirtualKeyCode=13, text="\r")
+                call("Input.dispatchKeyEvent", type="keyUp", key="Enter", code="Enter", windowsVirtualKeyCode=13)
+            wait_for("document.querySelectorAll('.result').length > 0 && [...document.images].some(i => i.complete)")
+            return {"requests": requests, **evaluate("""({
+                cards: document.querySelectorAll('.result').length,
+                url: location.href,
+                title: document.title,
+                injected_images: document.querySelectorAll('.caption img').length,
+                captions: Object.fromEntries([...document.querySelectorAll('.result')].map(
+                    card => [card.dataset.id, [...card.querySelectorAll('.caption')].map(c => c.textContent)])),
+            })""")}
+    finally:
+        browser.terminate()
+        browser.wait(30)
