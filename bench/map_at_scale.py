@@ -32,6 +32,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from machine import cpu_model
 
 
 def make_problem(n_query: int, n_retrieval: int, bits: int, n_labels: int, seed: int):
@@ -64,17 +65,6 @@ def reference_average_precisions(query, retrieval, query_labels, retrieval_label
         if len(ranks):
             aps[i] = np.mean(np.arange(1, len(ranks) + 1) / ranks)
     return aps
-
-
-def _cpu_model() -> str:
-    """The processor's model name (Linux), so results from different machines can be told apart."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def main(argv=None) -> int:
@@ -143,7 +133,7 @@ def main(argv=None) -> int:
     result = {
         "command": "python " + " ".join([sys.argv[0], *(argv if argv is not None else sys.argv[1:])]),
         "problem": {"queries": args.queries, "retrieval": args.retrieval, "bits": args.bits, "labels": args.labels, "seed": args.seed},
-        "machine": {"cpu": _cpu_model(), "cpus": os.cpu_count(),
+        "machine": {"cpu": cpu_model(), "cpus": os.cpu_count(),
                     "numba_threads": numba.get_num_threads(), "python": platform.python_version(), "numpy": np.__version__},
         "map_all": round(fast_map, 6),
         "reference_queries_timed": n_ref,

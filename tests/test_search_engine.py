@@ -21,6 +21,7 @@ def _codes(rng, n, bits):
 
 @pytest.mark.parametrize("bits, n, k", [
     (4, 500, 1), (4, 500, 37), (8, 2000, 2000), (16, 3000, 100), (64, 1000, 10), (128, 700, 50), (200, 300, 299),
+    (16, 5000, 4500),  # (bits + 1) x k above KEPT_IDS: the two-pass kernels
 ])
 def test_search_equals_brute_force_with_heavy_ties(bits, n, k):
     rng = np.random.default_rng(bits)

@@ -24,6 +24,7 @@ from cmhash.bitcodes import pack_codes
 from cmhash.codes import MAX_BITS
 from cmhash.errors import CmhashError
 
+KEPT_IDS = 1 << 16  # ids a query may keep in the one-pass search (512 KB)
 _MAGIC = b"CMHASHIDX1\n"  # then one JSON line (bits, items), then the uint64 words
 
 
@@ -59,7 +60,7 @@ class HammingIndex:
         """The ``k`` nearest items of each query: ``(distances, ids)``, both (Q, min(k, N)) int64,
         nearest first, equal distances in increasing id. ``queries`` are codes as the index takes
         them (one query may be a 1-D code)."""
-        from cmhash.search.kernel import top_k_batch, top_k_single
+        from cmhash.search.kernel import top_k_batch, top_k_batch_kept, top_k_single, top_k_single_kept
 
         queries = np.asarray(queries)
         if queries.ndim == 1:
@@ -76,12 +77,16 @@ class HammingIndex:
         if k == 0 or n_queries == 0:
             return distances, ids
         threads = threads or _threads()
+        # one pass keeping up to k ids per distance while (bits + 1) x k ids fit in KEPT_IDS, else
+        # two passes (histogram, then placement) with memory independent of k
+        keep = (self.bits + 1) * k <= KEPT_IDS
         if n_queries == 1:
             # one query: every thread scans a chunk of the database (each chunk at least 64K items)
             chunks = max(1, min(threads, len(self) // 65536))
-            top_k_single(self._words, packed.words[0], k, self.bits, ids[0], distances[0], chunks)
+            single = top_k_single_kept if keep else top_k_single
+            single(self._words, packed.words[0], k, self.bits, ids[0], distances[0], chunks)
         else:
-            top_k_batch(self._words, packed.words, k, self.bits, ids, distances, min(threads, n_queries))
+            (top_k_batch_kept if keep else top_k_batch)(self._words, packed.words, k, self.bits, ids, distances)
         return distances, ids
 
     def save(self, path: str | os.PathLike) -> None:
