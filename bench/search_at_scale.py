@@ -98,8 +98,9 @@ def main(argv=None) -> int:
             ours.search(queries[0], 10)
             for k in args.k:
                 faiss_batch = args.batch if n < 10_000_000 else min(args.batch, args.faiss_batch_at_10m)
-                our_seconds, our_result = fastest(lambda: ours.search(queries, k), args.repeats)
-                their_seconds, their_result = fastest(lambda: theirs.search(queries[:faiss_batch], k), args.repeats)
+                our_seconds, our_result = fastest(lambda index=ours, k=k: index.search(queries, k), args.repeats)
+                their_seconds, their_result = fastest(lambda index=theirs, k=k, b=faiss_batch: index.search(queries[:b], k),
+                                                     args.repeats)
                 agree = same_results((our_result[0][:faiss_batch], our_result[1][:faiss_batch]), their_result)
                 row = {"items": n, "bits": bits, "k": k, "same_results": agree,
                        "batch": {"cmhash_qps": round(len(queries) / our_seconds, 1),

@@ -104,3 +104,61 @@ def test_same_results_as_faiss():
         closer = distances[q] < distances[q, -1]
         assert set(ids[q][closer]) == set(faiss_ids[q][closer])
         assert set(faiss_ids[q][~closer]) <= set(np.flatnonzero((codes != queries[q]).sum(1) == distances[q, -1]))
+
+
+@pytest.mark.parametrize("bits, n, k, substrings", [
+    (64, 20_000, 10, None), (64, 20_000, 100, 4), (128, 5_000, 7, None), (16, 3_000, 50, 2), (32, 4_000, 4_000, None),
+    (24, 1_000, 3, 3), (64, 2_000, 1, 3),
+])
+def test_multi_index_hashing_equals_the_scan(bits, n, k, substrings, tmp_path):
+    """Sub-linear search by multi-index hashing gives exactly the scan's answer, ties in id order."""
+    from cmhash.search import MultiIndexHammingIndex
+
+    rng = np.random.default_rng(bits + n)
+    database, queries = _codes(rng, n, bits), _codes(rng, 6, bits)
+    database[: n // 4] = database[0]
+    queries[0] = database[0]  # a query with n / 4 items at distance 0
+    expected = HammingIndex(database).search(queries, k)
+    index = MultiIndexHammingIndex(database, substrings=substrings)
+    got = index.search(queries, k)
+    assert np.array_equal(got[0], expected[0]) and np.array_equal(got[1], expected[1])
+    HammingIndex(database).save(tmp_path / "codes.hidx")
+    loaded = MultiIndexHammingIndex.load(tmp_path / "codes.hidx", substrings=substrings)
+    assert np.array_equal(loaded.search(queries, k)[1], expected[1])
+    more = _codes(rng, 50, bits)
+    index.add(more)
+    assert np.array_equal(index.search(queries, k)[1], HammingIndex(np.concatenate([database, more])).search(queries, k)[1])
+
+
+def test_multi_index_substrings_must_fit_a_table():
+    from cmhash.search import MultiIndexHammingIndex
+
+    with pytest.raises(ValueError, match="1 substrings of 64-bit codes are longer than 22 bits; use at least 3"):
+        MultiIndexHammingIndex(_codes(np.random.default_rng(8), 100, 64), substrings=1)
+
+
+def test_the_torch_kernel_equals_the_cpu_kernel():
+    """The device path (CUDA when asked for) is the same code as here, on torch's CPU device."""
+    import torch
+
+    from cmhash.search.torch_kernel import top_k_torch
+
+    rng = np.random.default_rng(6)
+    for bits, n, k in [(64, 5_000, 10), (128, 3_000, 100), (16, 2_000, 2_000), (200, 500, 17)]:
+        database, queries = _codes(rng, n, bits), _codes(rng, 5, bits)
+        database[: n // 4] = database[0]
+        index = HammingIndex(database)
+        packed, k = index._check_query(queries, k)
+        got = top_k_torch(torch.from_numpy(np.ascontiguousarray(index.words).view(np.int64)), packed, k, max_elements=1000)
+        expected = index.search(queries, k)
+        assert np.array_equal(got[0], expected[0]) and np.array_equal(got[1], expected[1])
+
+
+@pytest.mark.gpu
+def test_cuda_search_equals_the_cpu_kernel():
+    rng = np.random.default_rng(7)
+    database, queries = _codes(rng, 200_000, 64), _codes(rng, 100, 64)
+    index = HammingIndex(database)
+    for k in (1, 10, 1000):
+        got, expected = index.search(queries, k, device="cuda"), index.search(queries, k)
+        assert np.array_equal(got[0], expected[0]) and np.array_equal(got[1], expected[1])

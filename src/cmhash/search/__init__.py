@@ -2,5 +2,6 @@
 ``index`` stage writes, and the ``cmhash search`` / ``cmhash serve`` front ends (docs/search.md)."""
 
 from cmhash.search.engine import HammingIndex
+from cmhash.search.multi_index import MultiIndexHammingIndex
 
-__all__ = ["HammingIndex"]
+__all__ = ["HammingIndex", "MultiIndexHammingIndex"]

@@ -56,26 +56,23 @@ class HammingIndex:
             raise ValueError(f"the index holds {self.bits}-bit codes; these have {packed.bits} bits")
         self._words = np.concatenate([self._words, packed.words])
 
-    def search(self, queries, k: int, threads: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def search(self, queries, k: int, threads: int | None = None, device: str = "cpu") -> tuple[np.ndarray, np.ndarray]:
         """The ``k`` nearest items of each query: ``(distances, ids)``, both (Q, min(k, N)) int64,
         nearest first, equal distances in increasing id. ``queries`` are codes as the index takes
-        them (one query may be a 1-D code)."""
+        them (one query may be a 1-D code). ``device``: ``cpu`` (the kernel measured in
+        bench/README.md), or a torch device such as ``cuda`` (the codes are copied there once)."""
         from cmhash.search.kernel import top_k_batch, top_k_batch_kept, top_k_single, top_k_single_kept
 
-        queries = np.asarray(queries)
-        if queries.ndim == 1:
-            queries = queries[None, :]
-        packed = pack_codes(queries, self.bits if queries.dtype == np.uint8 else None)
-        if packed.bits != self.bits:
-            raise ValueError(f"the index holds {self.bits}-bit codes; the queries have {packed.bits} bits")
-        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
-            raise ValueError(f"k must be a positive integer, got {k!r}")
-        k = min(int(k), len(self))
-        n_queries = len(packed)
+        queries, k = self._check_query(queries, k)
+        n_queries = len(queries)
         ids = np.empty((n_queries, k), np.int64)
         distances = np.empty((n_queries, k), np.int64)
         if k == 0 or n_queries == 0:
             return distances, ids
+        if device != "cpu":
+            from cmhash.search.torch_kernel import top_k_torch
+
+            return top_k_torch(self._on_device(device), queries, k)
         threads = threads or _threads()
         # one pass keeping up to k ids per distance while (bits + 1) x k ids fit in KEPT_IDS, else
         # two passes (histogram, then placement) with memory independent of k
@@ -84,10 +81,34 @@ class HammingIndex:
             # one query: every thread scans a chunk of the database (each chunk at least 64K items)
             chunks = max(1, min(threads, len(self) // 65536))
             single = top_k_single_kept if keep else top_k_single
-            single(self._words, packed.words[0], k, self.bits, ids[0], distances[0], chunks)
+            single(self._words, queries[0], k, self.bits, ids[0], distances[0], chunks)
         else:
-            (top_k_batch_kept if keep else top_k_batch)(self._words, packed.words, k, self.bits, ids, distances)
+            (top_k_batch_kept if keep else top_k_batch)(self._words, queries, k, self.bits, ids, distances)
         return distances, ids
+
+    def _on_device(self, device: str):
+        """The codes as an int64 tensor on ``device``, copied once."""
+        import torch
+
+        from cmhash.device import resolve_device
+
+        device = resolve_device(device)
+        cached = getattr(self, "_device_words", None)
+        if cached is None or str(cached.device) != str(torch.device(device)) or len(cached) != len(self):
+            self._device_words = torch.from_numpy(np.ascontiguousarray(self._words).view(np.int64)).to(device)
+        return self._device_words
+
+    def _check_query(self, queries, k) -> tuple[np.ndarray, int]:
+        """The queries packed into words like the index's codes, and k clipped to the item count."""
+        queries = np.asarray(queries)
+        if queries.ndim == 1:
+            queries = queries[None, :]
+        packed = pack_codes(queries, self.bits if queries.dtype == np.uint8 else None)
+        if packed.bits != self.bits:
+            raise ValueError(f"the index holds {self.bits}-bit codes; the queries have {packed.bits} bits")
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+            raise ValueError(f"k must be a positive integer, got {k!r}")
+        return packed.words, min(int(k), len(self))
 
     def save(self, path: str | os.PathLike) -> None:
         """Write the index (a header line and the raw words), atomically."""
