@@ -41,7 +41,16 @@ def tiny_params(clip_config: Path | None = None) -> dict:
             if key in settings:
                 settings[key] = tiny
     params["evaluate"]["top_r"] = [1, 5, 10, 50]
-    return params
+    from cmhash.params import validate_params
+
+    return validate_params(params)  # complete, as the stages get it from load_params
+
+
+def params_for_dataset(dataset: dict) -> dict:
+    """tiny_params() with another ``dataset`` section, checked and completed as load_params does."""
+    from cmhash.params import validate_params
+
+    return validate_params({**tiny_params(), "dataset": dataset})
 
 
 @pytest.fixture(scope="session")

@@ -48,9 +48,10 @@ def _write_folder(root, pairs, fmt="jsonl"):
 
 
 def _byo_params(root, clip_config=None):
-    params = tiny_params(clip_config)
-    params["dataset"] = {"name": "byo", "root": str(root), "seed": 0, "split": {"query": 8, "train": 24}}
-    return params
+    from cmhash.params import validate_params
+
+    dataset = {"name": "byo", "root": str(root), "seed": 0, "split": {"query": 8, "train": 24}}
+    return validate_params({**tiny_params(clip_config), "dataset": dataset})
 
 
 @pytest.mark.parametrize("fmt", ["jsonl", "csv"])

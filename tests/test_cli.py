@@ -31,7 +31,7 @@ def test_unknown_dataset_is_a_clear_error(tmp_path, capsys):
     params["dataset"]["name"] = "mirflickr99"
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     assert main(["prepare", "--params", str(tmp_path / "params.yaml"), "--root", str(tmp_path)]) == 1
-    assert "known datasets: builtin" in capsys.readouterr().err
+    assert "dataset.name is 'mirflickr99'; expected one of 'builtin', 'byo'" in capsys.readouterr().err
 
 
 def test_from_dvc_stage_checks_the_stage_name(tmp_path, capsys, monkeypatch):

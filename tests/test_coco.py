@@ -46,11 +46,9 @@ def _release(root, year=2017, seed=0):
 
 
 def _params(root, **options):
-    from conftest import tiny_params
+    from conftest import params_for_dataset
 
-    params = tiny_params()
-    params["dataset"] = {"name": "coco", "root": str(root), "seed": 0, "split": {"query": 5, "train": 60}, "coco": options}
-    return params
+    return params_for_dataset({"name": "coco", "root": str(root), "seed": 0, "split": {"query": 5, "train": 60}, "coco": options})
 
 
 @pytest.mark.parametrize("year", [2014, 2017])
@@ -99,5 +97,5 @@ def test_bad_input_names_the_file_and_item(tmp_path):
     (root / "train2017/000000000001.jpg").unlink()
     with pytest.raises(CmhashError, match=r"item 0: image .*train2017/000000000001.jpg does not exist"):
         stages.prepare(_params(root, subsets=["train"]), Layout(tmp_path / "p"), progress=False)
-    with pytest.raises(CmhashError, match=r"dataset.coco has unknown option\(s\) subset; known: subsets, year"):
+    with pytest.raises(CmhashError, match=r"unknown key dataset.coco.subset; did you mean dataset.coco.subsets\?"):
         stages.prepare(_params(root, subset=["train"]), Layout(tmp_path / "p"), progress=False)

@@ -36,13 +36,12 @@ def _dcmh_files(root, save, prefix="mydata"):
 
 
 def _params(name, root, **options):
-    from conftest import tiny_params
+    from conftest import params_for_dataset
 
-    params = tiny_params()
-    params["dataset"] = {"name": name, "root": str(root), "seed": 0, "split": {"query": 10, "train": 40}}
+    dataset = {"name": name, "root": str(root), "seed": 0, "split": {"query": 10, "train": 40}}
     if options:
-        params["dataset"][name] = options
-    return params
+        dataset[name] = options
+    return params_for_dataset(dataset)
 
 
 @pytest.mark.parametrize("save", [save_v5, save_v73], ids=["v5", "v7.3"])
@@ -137,7 +136,7 @@ def test_dcmh_files_that_do_not_belong_together(tmp_path):
     (root / "nus-wide-tc10-yall.mat").write_bytes(b"not a mat file at all" * 10)
     with pytest.raises(CmhashError, match="yall.mat is neither a MATLAB v5-v7 nor a v7.3"):
         stages.prepare(_params("dcmh_mat", root, prefix="nus-wide-tc10"), Layout(tmp_path / "p"), progress=False)
-    with pytest.raises(CmhashError, match="unknown option.*prefx"):
+    with pytest.raises(CmhashError, match="unknown key dataset.dcmh_mat.prefx; did you mean dataset.dcmh_mat.prefix"):
         stages.prepare(_params("dcmh_mat", root, prefx="x"), Layout(tmp_path / "p"), progress=False)
 
 

@@ -41,12 +41,10 @@ def _release(root, n=120, seed=0):
 
 
 def _params(root, min_tag_count=3):
-    from conftest import tiny_params
+    from conftest import params_for_dataset
 
-    params = tiny_params()
-    params["dataset"] = {"name": "mirflickr25k", "root": str(root), "seed": 0, "split": {"query": 10, "train": 70},
-                         "mirflickr25k": {"min_tag_count": min_tag_count}}
-    return params
+    return params_for_dataset({"name": "mirflickr25k", "root": str(root), "seed": 0, "split": {"query": 10, "train": 70},
+                               "mirflickr25k": {"min_tag_count": min_tag_count}})
 
 
 def test_classic_filter_labels_tags_and_bag_of_words(tmp_path):

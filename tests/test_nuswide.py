@@ -39,12 +39,10 @@ def _release(root, seed=0):
 
 
 def _params(root, concepts=10):
-    from conftest import tiny_params
+    from conftest import params_for_dataset
 
-    params = tiny_params()
-    params["dataset"] = {"name": "nuswide", "root": str(root), "seed": 0, "split": {"query": 10, "train": 30},
-                         "nuswide": {"concepts": concepts}}
-    return params
+    return params_for_dataset({"name": "nuswide", "root": str(root), "seed": 0, "split": {"query": 10, "train": 30},
+                               "nuswide": {"concepts": concepts}})
 
 
 @pytest.mark.parametrize("concepts", [10, 21])

@@ -36,9 +36,9 @@ def test_overrides_are_written_as_dvc_exp_run_s_writes_them(project):
 
 
 @pytest.mark.parametrize("overrides, message", [
-    ({"train.bits": "[16, '32;touch x']"}, "train.bits lists '32;touch x'; a code length is a whole number of bits"),
+    ({"train.bits": "[16, '32;touch x']"}, "train.bits[1] is '32;touch x'; expected a whole number"),
     ({"methods.djsrh.epoch": 3}, "Could not override 'methods.djsrh.epoch'"),
-    ({"train.methods": ["lsh", "nope"]}, "train.methods lists 'nope', which is not a hashing method"),
+    ({"train.methods": ["lsh", "nope"]}, "train.methods[1] is 'nope'; expected one of 'lsh'"),
 ])
 def test_bad_overrides_are_refused_before_anything_runs(project, overrides, message):
     original = (project / "params.yaml").read_text()

@@ -13,8 +13,9 @@ import sys
 from pathlib import Path
 
 STAGES = {
-    "check-params": "check the values that dvc.yaml turns into stage names and paths (train.methods, train.bits, "
-                    "dataset.name) before any other stage runs; write data/params.checked",
+    "check-params": "check every key of params.yaml against its schema before any other stage runs (a malformed "
+                    "value, say a method or length that would become a stage name, stops dvc repro); write "
+                    "data/params.checked",
     "prepare": "build the dataset named by dataset.name (builtin, byo, mirflickr25k, nuswide, coco, dcmh_mat, "
                "dcmht_mat; see docs/data.md) into data/prepared/<name>.h5 and draw its split",
     "validate": "run the Great Expectations checks on the prepared file; exit 1 if any fails",
@@ -146,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
             serve(args.root, params, args.host, args.port)
             return 0
         if args.stage == "check-params":
-            print(f"checked {args.params}: wrote {stages.check_params(params, layout, args.params)}")
+            print(f"checked {args.params}: wrote {stages.check_params(params, layout)}")
             return 0
         progress = sys.stderr.isatty() and not getattr(args, "quiet", False)  # no bar noise in logs
         if args.stage == "prepare":

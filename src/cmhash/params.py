@@ -1,19 +1,200 @@
-"""Reading ``params.yaml``: every knob of every stage, grouped by stage name."""
+"""``params.yaml``: one schema for every key of every stage, checked once, when the file is loaded.
+
+:func:`load_params` returns the file as a plain dict, checked against the schema and completed
+with the defaults, so every stage reads typed values and none keeps a default of its own. Where
+the defaults live: a dataset source's options in its module (``Options``), an encoder's and a
+hashing method's settings in their class's signature, everything else here. An unknown key is an
+error that names it and the closest valid key; a wrong type or range is one line naming the key,
+the value given and what is expected.
+"""
 
 from __future__ import annotations
 
+import difflib
+import functools
+import inspect
+import typing
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator
 
 from cmhash.errors import CmhashError
 
-REQUIRED_SECTIONS = ("dataset", "encode", "train", "methods", "evaluate")
+class Section(BaseModel):
+    """A mapping of params.yaml: no unknown keys, no type coercion (``'0.001'`` is not a number),
+    no NaN or infinity."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False, protected_namespaces=(),
+                              populate_by_name=True)
+
+
+PositiveInt = Annotated[int, Field(ge=1)]
+Device = Annotated[str, Field(pattern=r"^(auto|cpu|cuda(:\d+)?)$")]
+
+
+# ---- settings taken from a class signature (encoders, hashing methods)
+
+# Ranges the settings' names imply: counts are at least 1, a minibatch has at least 2 items (its
+# similarities need a pair), rates and weights are not negative, and a learning rate is positive.
+_AT_LEAST = {"epochs": 1, "batch_size": 2, "hidden": 1, "width": 1, "heads": 1, "layers": 1, "feedforward": 1,
+             "iterations": 1, "max_words": 1, "image_size": 32}
+_POSITIVE = {"lr", "lr_image", "lr_text", "clip_lr"}
+_NOT_NEGATIVE = {"lr_final", "weight_decay", "momentum", "grad_clip", "warmup", "quantization", "regularization"}
+_SIGNATURE_ONLY = {"self", "bits", "seed", "device", "progress"}  # given by the stage, not by params.yaml
+
+
+def settings_model(cls: type, name: str, partial: bool = False) -> type[Section]:
+    """A schema of the keyword settings of ``cls``'s constructor (types from its annotations,
+    defaults from its signature); ``partial``: every setting optional, no defaults filled in."""
+    hints = typing.get_type_hints(cls.__init__)
+    fields: dict[str, Any] = {}
+    for parameter in inspect.signature(cls.__init__).parameters.values():
+        if parameter.name in _SIGNATURE_ONLY:
+            continue
+        constraint: dict[str, Any] = {}
+        if parameter.name in _AT_LEAST:
+            constraint["ge"] = _AT_LEAST[parameter.name]
+        elif parameter.name in _POSITIVE:
+            constraint["gt"] = 0
+        elif parameter.name in _NOT_NEGATIVE:
+            constraint["ge"] = 0
+        kind = hints.get(parameter.name, Any)
+        # pydantic keeps the name model_config for itself: such a setting gets another name in
+        # Python and keeps its own in params.yaml (the alias)
+        field_name = f"{parameter.name}_" if parameter.name == "model_config" else parameter.name
+        constraint["alias"] = parameter.name
+        if partial:
+            fields[field_name] = (kind | None, Field(None, **constraint))
+        else:
+            fields[field_name] = (kind, Field(parameter.default, **constraint))
+    return create_model(name, __base__=Section, **fields)
+
+
+@functools.cache
+def _method_models(partial: bool) -> dict[str, type[Section]]:
+    from cmhash.methods import method_class
+    from cmhash.methods.registry import METHODS
+
+    return {name: settings_model(method_class(name), f"{name}{'Override' if partial else 'Settings'}", partial)
+            for name in METHODS}
+
+
+@functools.cache
+def schema() -> type[Section]:
+    """The whole of params.yaml (built once: it reads the sources', encoders' and methods' modules)."""
+    from cmhash.datasets import SOURCES, source_module
+    from cmhash.datasets.splits import parse_split
+    from cmhash.encoders.clip import OpenClipEncoder
+    from cmhash.encoders.offline import OfflinePretrainedEncoder
+    from cmhash.methods.registry import METHODS
+    from cmhash.metrics.report import DEFAULT_MAP_KS, DEFAULT_TOP_R
+
+    sources = {name: (source_module(name).Options, source_module(name).Options()) for name in SOURCES}
+    dataset_fields: dict[str, Any] = dict(
+        name=(Literal[tuple(SOURCES)], ...),
+        seed=(Annotated[int, Field(ge=0)], 0),
+        root=(str | None, None),
+        split=(str | dict[str, int | str] | None, None),
+        **sources,
+    )
+
+    def check_split(cls, value, info):
+        try:
+            parse_split(value, 0, getattr(source_module(info.data.get("name", "builtin")), "DEFAULT_SPLIT", None))
+        except CmhashError as err:
+            raise ValueError(str(err).removeprefix("params.yaml: ")) from None
+        return value
+
+    Dataset = create_model("Dataset", __base__=Section, __validators__={
+        "split_is_a_protocol_or_sizes": field_validator("split")(check_split)}, **dataset_fields)
+    Encode = create_model(
+        "Encode", __base__=Section,
+        backend=(Literal["offline", "open_clip"], "offline"), device=(Device, "auto"), batch_size=(PositiveInt, 64),
+        text=(Literal["auto", "captions", "bag_of_words"], "auto"),
+        offline=(settings_model(OfflinePretrainedEncoder, "Offline"), settings_model(OfflinePretrainedEncoder, "Offline")()),
+        open_clip=(settings_model(OpenClipEncoder, "OpenClip"), settings_model(OpenClipEncoder, "OpenClip")()))
+    from cmhash.codes import MAX_BITS
+
+    Bits = Annotated[int, Field(ge=1, le=MAX_BITS)]
+    Train = create_model(
+        "Train", __base__=Section, seed=(Annotated[int, Field(ge=0)], 0), device=(Device, "auto"),
+        methods=(Annotated[list[Literal[tuple(METHODS)]], Field(min_length=1)], list(METHODS)),
+        bits=(Annotated[list[Bits], Field(min_length=1)], [16, 32, 64, 128]))
+    settings, overrides = _method_models(False), _method_models(True)
+    Methods = create_model("Methods", __base__=Section, **{name: (model, model()) for name, model in settings.items()})
+    MethodOverrides = create_model("MethodOverrides", __base__=Section,
+                                   **{name: (model | None, None) for name, model in overrides.items()})
+    DatasetOverrides = create_model("DatasetOverrides", __base__=Section,
+                                    **{name: (MethodOverrides | None, None) for name in SOURCES})
+    Evaluate = create_model(
+        "Evaluate", __base__=Section, device=(Device, "auto"),
+        map_ks=(list[PositiveInt], list(DEFAULT_MAP_KS)),
+        top_r=(Annotated[list[PositiveInt], Field(min_length=1)], list(DEFAULT_TOP_R)))
+    return create_model("Params", __base__=Section, dataset=(Dataset, ...), encode=(Encode, Encode()),
+                        train=(Train, Train()), methods=(Methods, Methods()),
+                        dataset_overrides=(DatasetOverrides, DatasetOverrides()), evaluate=(Evaluate, Evaluate()))
+
+
+def validate_params(raw: Any, path: str | Path = "params.yaml") -> dict[str, Any]:
+    """``raw`` checked against :func:`schema`, completed with the defaults, as a plain dict."""
+    if not isinstance(raw, dict):
+        raise CmhashError(f"{path}: expected a mapping of stage names to settings, got {type(raw).__name__}.")
+    model = schema()
+    try:
+        checked = model.model_validate(raw)
+    except ValidationError as err:
+        problems = [_describe(error, model) for error in err.errors()]
+        more = f" (and {len(problems) - 1} more: {'; '.join(problems[1:4])})" if len(problems) > 1 else ""
+        raise CmhashError(f"{path}: {problems[0]}{more}") from None
+    params = checked.model_dump(by_alias=True)
+    params["dataset_overrides"] = checked.dataset_overrides.model_dump(by_alias=True, exclude_none=True)  # only what is set
+    return params
+
+
+def _describe(error: dict[str, Any], model: type[BaseModel]) -> str:
+    """One validation error as one line: the key, the value given, what is expected."""
+    # pydantic's location, less the names it gives to the branches of a union
+    loc = [part for part in error["loc"] if isinstance(part, int) or not (
+        part.startswith(("literal[", "function-")) or part in ("str", "int", "dict[str,union[int,str]]"))]
+    key = "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in loc).lstrip(".")
+    loc = [str(part) for part in loc]
+    kind, context, given = error["type"], error.get("ctx", {}), error.get("input")
+    if kind == "extra_forbidden":
+        valid = _keys_at(model, loc[:-1])
+        close = difflib.get_close_matches(loc[-1], valid, n=1)
+        hint = f"did you mean {'.'.join([*loc[:-1], close[0]])}?" if close else f"valid keys here: {', '.join(valid)}"
+        return f"unknown key {key}; {hint}"
+    if kind == "missing":
+        return f"{key} is missing"
+    expected = {
+        "int_type": "a whole number", "float_type": "a number", "string_type": "a text", "bool_type": "true or false",
+        "list_type": "a list", "dict_type": "a mapping of keys to values", "model_type": "a mapping of keys to values",
+        "finite_number": "a finite number", "greater_than_equal": f"at least {context.get('ge')}",
+        "greater_than": f"more than {context.get('gt')}", "less_than_equal": f"at most {context.get('le')}",
+        "literal_error": f"one of {context.get('expected')}", "too_short": "at least one entry",
+        "string_pattern_mismatch": "auto, cpu, cuda or cuda:N",
+    }.get(kind)
+    if kind == "value_error":
+        message = str(error["msg"]).removeprefix("Value error, ")
+        return message if message.startswith(key) else f"{key}: {message}"
+    return f"{key} is {given!r}; expected {expected or error['msg']}"
+
+
+def _keys_at(model: type[BaseModel], loc: list[str]) -> list[str]:
+    """The valid keys of the mapping at ``loc``."""
+    for part in loc:
+        annotation = model.model_fields[part].annotation if part in model.model_fields else None
+        candidates = [a for a in typing.get_args(annotation) or [annotation] if isinstance(a, type) and issubclass(a, BaseModel)]
+        if not candidates:
+            return []
+        model = candidates[0]
+    return list(model.model_fields)
 
 
 def load_params(path: str | Path = "params.yaml") -> dict[str, Any]:
-    """Load and sanity-check the parameter file; errors name the file and the missing key."""
+    """Read, check and complete the parameter file (see the module docstring)."""
     path = Path(path)
     if not path.is_file():
         raise CmhashError(
@@ -21,55 +202,14 @@ def load_params(path: str | Path = "params.yaml") -> dict[str, Any]:
             "(the folder with dvc.yaml and params.yaml) or pass --params PATH."
         )
     try:
-        params = yaml.safe_load(path.read_text(encoding="utf-8"))
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as err:
         raise CmhashError(f"{path}: not valid YAML: {err}") from err
-    if not isinstance(params, dict):
-        raise CmhashError(f"{path}: expected a mapping of stage names to settings.")
-    missing = [s for s in REQUIRED_SECTIONS if not isinstance(params.get(s), dict)]
-    if missing:
-        raise CmhashError(f"{path}: missing section(s) {', '.join(missing)}; see the project's params.yaml.")
-    return params
-
-
-def check_params(params: dict[str, Any], path: str | Path = "params.yaml") -> None:
-    """Check the values that dvc.yaml turns into stage names and output paths (``dataset.name``,
-    ``train.methods``, ``train.bits``). The ``check-params`` stage runs this upstream of every other
-    stage, so a malformed value (say a bit length ``"16;touch x"`` or ``"16/../../src"``) stops
-    ``dvc repro`` before DVC removes or writes any output, and an unknown method is reported with the
-    list of known ones rather than as a missing source file."""
-    from cmhash.datasets import SOURCES
-    from cmhash.methods.registry import METHODS
-    from cmhash.codes import MAX_BITS
-
-    name = params["dataset"].get("name")
-    if name not in SOURCES:
-        raise CmhashError(f"{path}: dataset.name is {name!r}; known datasets: {', '.join(sorted(SOURCES))}.")
-    methods, bits = params["train"].get("methods"), params["train"].get("bits")
-    if not isinstance(methods, list) or not methods:
-        raise CmhashError(f"{path}: train.methods must be a non-empty list of method names, got {methods!r}.")
-    for method in methods:
-        if method not in METHODS:
-            raise CmhashError(f"{path}: train.methods lists {method!r}, which is not a hashing method; "
-                              f"known methods: {', '.join(sorted(METHODS))}.")
-    if not isinstance(bits, list) or not bits:
-        raise CmhashError(f"{path}: train.bits must be a non-empty list of code lengths, got {bits!r}.")
-    for length in bits:
-        if isinstance(length, bool) or not isinstance(length, int) or not 1 <= length <= MAX_BITS:
-            raise CmhashError(f"{path}: train.bits lists {length!r}; a code length is a whole number of bits "
-                              f"from 1 to {MAX_BITS}.")
-    for key, values in (("train.methods", methods), ("train.bits", bits)):
-        if len(set(values)) != len(values):
-            raise CmhashError(f"{path}: {key} lists a value twice: {values!r}.")
+    return validate_params(raw, path)
 
 
 def method_params(params: dict[str, Any], method: str) -> dict[str, Any]:
-    """The settings of one hashing method: its preset ``methods.<name>``, with the entry
+    """The settings of one hashing method: ``methods.<name>``, with the entry
     ``dataset_overrides.<dataset.name>.<name>`` (the papers' per-dataset values) merged over it."""
-    settings = params["methods"].get(method) or {}
-    dataset = params["dataset"].get("name")
-    overrides = ((params.get("dataset_overrides") or {}).get(dataset) or {}).get(method) or {}
-    for where, value in ((f"methods.{method}", settings), (f"dataset_overrides.{dataset}.{method}", overrides)):
-        if not isinstance(value, dict):
-            raise CmhashError(f"params.yaml: {where} must be a mapping of settings.")
-    return {**settings, **overrides}
+    overrides = (params["dataset_overrides"].get(params["dataset"]["name"]) or {}).get(method) or {}
+    return {**params["methods"][method], **{key: value for key, value in overrides.items() if value is not None}}

@@ -16,13 +16,12 @@ from cmhash.layout import Layout
 from cmhash.params import method_params
 
 
-def check_params(params: dict[str, Any], layout: Layout, path: str | Path = "params.yaml") -> Path:
-    """Check the parameters that shape the pipeline (:func:`cmhash.params.check_params`) and write
-    the stamp that the prepare stage depends on. The stamp's content never changes, so a changed
-    parameter reruns this check without rerunning anything downstream."""
-    from cmhash.params import check_params as check
-
-    check(params, path)
+def check_params(params: dict[str, Any], layout: Layout) -> Path:
+    """Write the stamp that the prepare stage depends on, for ``params`` that :func:`load_params`
+    has checked. The ``check-params`` stage runs upstream of every other stage and depends on every
+    key of params.yaml, so a malformed value (a bit length ``"16;touch x"``, an unknown method, a
+    wrong type) stops ``dvc repro`` before DVC removes or writes any output. The stamp's content
+    never changes, so a changed parameter reruns this check without rerunning anything downstream."""
     out = layout.params_checked()
     write_text(out, "params.yaml passed cmhash check-params; every stage of dvc.yaml runs after this check.\n")
     return out
@@ -53,8 +52,8 @@ def encode(params: dict[str, Any], layout: Layout, progress: bool = True) -> Pat
     settings = params["encode"]
     encoder = build_encoder(settings)
     out = layout.features(name)
-    encode_dataset(layout.prepared(name), out, encoder, batch_size=int(settings.get("batch_size", 64)), progress=progress,
-                   text=settings.get("text", "auto"))
+    encode_dataset(layout.prepared(name), out, encoder, batch_size=settings["batch_size"], progress=progress,
+                   text=settings["text"])
     return out
 
 
@@ -63,12 +62,13 @@ def train(params: dict[str, Any], layout: Layout, method: str, bits: int, progre
     from cmhash.codes import write_codes
     from cmhash.datasets.prepared import PreparedData
     from cmhash.features import read_features
-    from cmhash.methods import build_method, save_model
+    from cmhash.methods import build_method, check_method_and_bits, save_model
 
+    check_method_and_bits(method, bits)  # before reading anything
     name = params["dataset"]["name"]
-    seed = int(params["train"].get("seed", 0))
+    seed = params["train"]["seed"]
     settings = method_params(params, method)
-    model = build_method(method, bits, settings, seed, params["train"].get("device", "auto"), progress=progress)
+    model = build_method(method, bits, settings, seed, params["train"]["device"], progress=progress)
     features = read_features(layout.features(name))
     with PreparedData(layout.prepared(name)) as data:
         splits, labels = data.splits, data.labels
@@ -117,7 +117,7 @@ def _fit_end_to_end(params, layout, model, splits, labels):
     from cmhash.encoders import build_encoder
     from cmhash.errors import CmhashError
 
-    if params["encode"].get("backend") != "open_clip":
+    if params["encode"]["backend"] != "open_clip":
         raise CmhashError("params.yaml: fine-tuning (methods.dcmht.mode: finetune) trains the open_clip towers; set "
                           "encode.backend: open_clip, or use mode: frozen.")
     path = layout.prepared(params["dataset"]["name"])
@@ -125,8 +125,8 @@ def _fit_end_to_end(params, layout, model, splits, labels):
         if len(data.texts) == 0:
             raise CmhashError(f"{path}: fine-tuning needs captions, and this dataset's text is only a bag of words; "
                               "use methods.dcmht.mode: frozen.")
-        torch.manual_seed(int(params["train"].get("seed", 0)))  # reproducible towers even without pretrained weights
-        towers = build_encoder({**params["encode"], "device": params["train"].get("device", "auto")})
+        torch.manual_seed(params["train"]["seed"])  # reproducible towers even without pretrained weights
+        towers = build_encoder({**params["encode"], "device": params["train"]["device"]})
         started = time.perf_counter()
         model.fit_end_to_end(data, towers, splits["train"], labels[splits["train"]])
         seconds = time.perf_counter() - started
@@ -143,12 +143,10 @@ def evaluate(params: dict[str, Any], layout: Layout, method: str, bits: int, pro
     from cmhash.datasets.prepared import PreparedData
     from cmhash.metrics import evaluate_retrieval
     from cmhash.methods import check_method_and_bits
-    from cmhash.metrics.report import DEFAULT_MAP_KS
 
     check_method_and_bits(method, bits)
     settings = params["evaluate"]
-    map_ks = [int(k) for k in settings.get("map_ks", DEFAULT_MAP_KS)]
-    top_r = [int(r) for r in settings.get("top_r", [1, 10, 50, 100, 500, 1000])]
+    map_ks, top_r = settings["map_ks"], settings["top_r"]
     codes = read_codes(layout.model_dir(method, bits) / "codes.h5")
     with PreparedData(layout.prepared(params["dataset"]["name"])) as data:
         labels = data.labels
@@ -157,7 +155,7 @@ def evaluate(params: dict[str, Any], layout: Layout, method: str, bits: int, pro
     plots = layout.plots_dir(method, bits)
     for direction, (query, retrieval) in retrieval_directions(codes["query"], codes["retrieval"]).items():
         report = evaluate_retrieval(query, retrieval, query_labels, retrieval_labels, map_ks, top_r, progress=progress,
-                                    device=settings.get("device", "auto"))
+                                    device=settings["device"])
         results[direction] = report.scores
         write_text(plots / "precision_at_top_r" / f"{direction}.csv",
                    "R,precision,precision_average_ties\n" + "".join(

@@ -80,7 +80,7 @@ def tune(params: dict[str, Any], layout, method: str, bits: int, grid: dict[str,
 
     method_class(method)  # an unknown method fails here, before any data is read
     name = params["dataset"]["name"]
-    seed = int(params["train"].get("seed", 0))
+    seed = params["train"]["seed"]
     base = method_params(params, method)
     combinations = [dict(zip(grid, values)) for values in itertools.product(*grid.values())]
     if any({**base, **changes}.get("mode") == "finetune" for changes in combinations):
@@ -102,7 +102,7 @@ def tune(params: dict[str, Any], layout, method: str, bits: int, grid: dict[str,
             log(f"[{number}/{len(combinations)}] {method} {bits} bits: {_describe(changes)}"
                 + (" (kept from the earlier run)" if run else ""))
         if run is None:
-            model = build_method(method, bits, {**base, **changes}, seed, params["train"].get("device", "auto"), progress=progress)
+            model = build_method(method, bits, {**base, **changes}, seed, params["train"]["device"], progress=progress)
             run = {"settings": changes, **_fit_and_score(model, features, labels, fit_rows, validation_rows)}
         result["runs"].append(run)
         result["runs"].sort(key=lambda run: -run["mean_map_all"])  # best first; stable, so ties keep the grid's order

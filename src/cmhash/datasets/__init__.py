@@ -29,17 +29,20 @@ SOURCES = {
 }
 
 
-def _source(dataset: dict[str, Any]) -> ModuleType:
-    name = dataset.get("name")
+def source_module(name: str) -> ModuleType:
+    """The module of source ``name`` (see :mod:`cmhash.datasets.source`)."""
     if name not in SOURCES:
         raise CmhashError(f"params.yaml: dataset.name is {name!r}; known datasets: {', '.join(sorted(SOURCES))}.")
     return importlib.import_module(f"cmhash.datasets.{SOURCES[name]}")
 
 
+def _source(dataset: dict[str, Any]) -> ModuleType:
+    return source_module(dataset["name"])
+
+
 def split_protocol(dataset: dict[str, Any]) -> SplitProtocol:
     """The split that ``dataset.split`` asks for (the built-in dataset has a default)."""
-    default = getattr(_source(dataset), "DEFAULT_SPLIT", None)
-    return parse_split(dataset.get("split"), int(dataset.get("seed", 0)), default)
+    return parse_split(dataset["split"], dataset["seed"], getattr(_source(dataset), "DEFAULT_SPLIT", None))
 
 
 def prepare_dataset(dataset: dict[str, Any], out_path: Path, progress: bool = True) -> dict[str, int]:

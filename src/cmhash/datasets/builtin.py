@@ -20,13 +20,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
+from pydantic import Field
 from PIL import Image, ImageDraw
 from tqdm import tqdm
 
-from cmhash.datasets.source import SourceData, source_options
+from cmhash.datasets.source import SourceData
+from cmhash.params import Section
 from cmhash.errors import CmhashError
 
 SHAPES = {
@@ -78,7 +80,13 @@ TEMPLATES = [
     "close-up of {objects}",
 ]
 NUMBER_WORDS = {2: "two", 3: "three", 4: "four"}
-OPTIONS = {"size": 6000, "image_size": 96}  # dataset.builtin: pairs, pixels per side (at least 64)
+class Options(Section):
+    """``dataset.builtin``."""
+
+    size: Annotated[int, Field(ge=20)] = 6000  # image-caption pairs
+    image_size: Annotated[int, Field(ge=64)] = 96  # pixels per side
+
+
 DEFAULT_SPLIT = {"query": 1000, "train": 3000}
 SCENE_PROBABILITY = 0.5  # the rest get an unlabelled plain background
 
@@ -92,17 +100,14 @@ class BuiltinItem:
 
 def build(dataset: dict[str, Any], progress: bool) -> SourceData:
     """The built-in dataset that ``dataset.builtin`` and ``dataset.seed`` describe."""
-    options = source_options(dataset, OPTIONS)
-    size, image_size = int(options["size"]), int(options["image_size"])
-    if image_size < 64:
-        raise CmhashError(f"params.yaml: dataset.builtin.image_size is {image_size}; it must be at least 64.")
-    data = generate_builtin(size, image_size, int(dataset.get("seed", 0)), progress=progress)
+    size = dataset["builtin"]["size"]
+    data = generate_builtin(size, dataset["builtin"]["image_size"], dataset["seed"], progress=progress)
     return SourceData(labels=data["labels"], label_names=data["label_names"], texts=data["captions"],
                       text_item=np.arange(size), images=data["images"], summary={"items": size})
 
 
 def expected(dataset: dict[str, Any], summary: dict[str, int]) -> dict[str, int]:
-    return {"items": int(source_options(dataset, OPTIONS)["size"]), "labels": len(LABEL_NAMES)}
+    return {"items": dataset["builtin"]["size"], "labels": len(LABEL_NAMES)}
 
 
 def generate_builtin(size: int, image_size: int, seed: int, progress: bool = True) -> dict:

@@ -24,11 +24,15 @@ from typing import Any
 
 import numpy as np
 
-from cmhash.datasets.source import SourceData, multi_hot, source_options, source_root
+from cmhash.datasets.source import SourceData, multi_hot, source_root
+from cmhash.params import Section
 from cmhash.errors import CmhashError
 
 PAIRS_FILES = ("pairs.jsonl", "pairs.csv")
-OPTIONS: dict[str, Any] = {}  # dataset.byo takes no options
+class Options(Section):
+    """``dataset.byo`` takes no options: the pairs file says everything."""
+
+
 CSV_COLUMNS = ("image", "text", "labels")
 
 
@@ -122,7 +126,6 @@ def labels_matrix(pairs: list[Pair]) -> tuple[np.ndarray, list[str]]:
 
 
 def build(dataset: dict[str, Any], progress: bool) -> SourceData:
-    source_options(dataset, OPTIONS)
     root = source_root(dataset)
     pairs = read_pairs(root)
     check_images_decode(root, pairs, progress)

@@ -19,14 +19,22 @@ from __future__ import annotations
 import json
 from collections import defaultdict
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import numpy as np
+from pydantic import Field
 
-from cmhash.datasets.source import SourceData, check_images_exist, multi_hot, source_options, source_root
+from cmhash.datasets.source import SourceData, check_images_exist, multi_hot, source_root
+from cmhash.params import Section
 from cmhash.errors import CmhashError
 
-OPTIONS = {"year": 2017, "subsets": ["train", "val"]}
+class Options(Section):
+    """``dataset.coco``."""
+
+    year: Literal[2014, 2017] = 2017
+    subsets: Annotated[list[Literal["train", "val"]], Field(min_length=1)] = ["train", "val"]
+
+
 N_CATEGORIES = 80
 FULL_TRAIN_VAL = {"images": 123_287, "items": 122_218}
 
@@ -54,11 +62,8 @@ def _categories(data: dict[str, Any], path: Path) -> list[dict[str, Any]]:
 
 
 def build(dataset: dict[str, Any], progress: bool) -> SourceData:
-    options = source_options(dataset, OPTIONS)
     root = source_root(dataset)
-    year, subsets = str(options["year"]), list(options["subsets"])
-    if not subsets:
-        raise CmhashError("params.yaml: dataset.coco.subsets must name at least one subset, e.g. [train, val].")
+    year, subsets = str(dataset["coco"]["year"]), list(dataset["coco"]["subsets"])
     label_names: list[str] | None = None
     paths, rows, texts, owners = [], [], [], []
     summary = {"images": 0, "items": 0, "skipped_no_instance": 0, "skipped_no_caption": 0, "captions": 0}
@@ -112,5 +117,5 @@ def build(dataset: dict[str, Any], progress: bool) -> SourceData:
 
 def expected(dataset: dict[str, Any], summary: dict[str, int]) -> dict[str, int]:
     """80 categories; 122,218 items when the whole of train+val was read."""
-    full = sorted(source_options(dataset, OPTIONS)["subsets"]) == ["train", "val"] and summary.get("images") == FULL_TRAIN_VAL["images"]
+    full = sorted(dataset["coco"]["subsets"]) == ["train", "val"] and summary.get("images") == FULL_TRAIN_VAL["images"]
     return {"labels": N_CATEGORIES, **({"items": FULL_TRAIN_VAL["items"]} if full else {})}

@@ -25,10 +25,17 @@ from typing import Any
 import numpy as np
 
 from cmhash.datasets.matfile import MatPixels, read_array, read_strings
-from cmhash.datasets.source import SourceData, source_options, source_root
+from cmhash.datasets.source import SourceData, source_root
+from cmhash.params import Section
 from cmhash.errors import CmhashError
 
-OPTIONS = {"prefix": None, "label_names": None}
+class Options(Section):
+    """``dataset.dcmh_mat``."""
+
+    prefix: str | None = None  # the files' common prefix; found on its own when there is one set
+    label_names: list[str] | None = None  # the files hold none
+
+
 # the published files, as DCMH's and DJSRH's papers describe them
 KNOWN = {
     "mirflickr25k": {"items": 20_015, "labels": 24, "vocabulary": 1_386},
@@ -81,7 +88,7 @@ def label_names(given: list[str] | None, n_labels: int, option: str, path: Path)
 
 
 def build(dataset: dict[str, Any], progress: bool) -> SourceData:
-    options = source_options(dataset, OPTIONS)
+    options = dataset["dcmh_mat"]
     root = source_root(dataset)
     prefix = find_prefix(root, options["prefix"])
     files = {part: root / f"{prefix}-{part}.mat" for part in ("iall", "lall", "yall", "fall")}
@@ -104,5 +111,5 @@ def build(dataset: dict[str, Any], progress: bool) -> SourceData:
 
 def expected(dataset: dict[str, Any], summary: dict[str, int]) -> dict[str, int]:
     """The published counts when the prefix is one of the known files."""
-    prefix = find_prefix(source_root(dataset), source_options(dataset, OPTIONS)["prefix"])
+    prefix = find_prefix(source_root(dataset), dataset["dcmh_mat"]["prefix"])
     return dict(KNOWN.get(prefix, {}))

@@ -23,10 +23,19 @@ import numpy as np
 
 from cmhash.datasets.dcmh_mat import label_names, read_labels
 from cmhash.datasets.matfile import pick_variable, read_strings
-from cmhash.datasets.source import SourceData, check_images_exist, source_options, source_root
+from cmhash.datasets.source import SourceData, check_images_exist, source_root
+from cmhash.params import Section
 from cmhash.errors import CmhashError
 
-OPTIONS = {"index": "index.mat", "caption": "caption.mat", "label": "label.mat", "label_names": None}
+class Options(Section):
+    """``dataset.dcmht_mat``: the three files' names, and the label names (the files hold none)."""
+
+    index: str = "index.mat"
+    caption: str = "caption.mat"
+    label: str = "label.mat"
+    label_names: list[str] | None = None
+
+
 
 
 def relocate(paths: list[str], root: Path, index_file: Path) -> list[str]:
@@ -44,7 +53,7 @@ def relocate(paths: list[str], root: Path, index_file: Path) -> list[str]:
 
 
 def build(dataset: dict[str, Any], progress: bool) -> SourceData:
-    options = source_options(dataset, OPTIONS)
+    options = dataset["dcmht_mat"]
     root = source_root(dataset)
     files = {part: root / options[part] for part in ("index", "caption", "label")}
     labels = read_labels(files["label"], pick_variable(files["label"], ("category", "label")))

@@ -19,11 +19,13 @@ from __future__ import annotations
 import re
 from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
+from pydantic import Field
 
-from cmhash.datasets.source import SourceData, source_options, source_root
+from cmhash.datasets.source import SourceData, source_root
+from cmhash.params import Section
 from cmhash.errors import CmhashError
 
 IMAGES = "mirflickr"
@@ -31,7 +33,12 @@ TAGS = "mirflickr/meta/tags"
 ANNOTATIONS = "mirflickr25k_annotations_v080"
 N_CONCEPTS = 24
 FULL_RELEASE = {"images": 25_000, "items": 20_015, "vocabulary": 1_386}
-OPTIONS = {"min_tag_count": 20}
+class Options(Section):
+    """``dataset.mirflickr25k``."""
+
+    min_tag_count: Annotated[int, Field(ge=1)] = 20  # a tag in fewer images is not in the vocabulary
+
+
 
 
 def _image_numbers(root: Path) -> list[int]:
@@ -93,7 +100,7 @@ def read_tags(root: Path, numbers: list[int], progress: bool) -> dict[int, list[
 
 def build(dataset: dict[str, Any], progress: bool) -> SourceData:
     """Items, labels, texts and bag of words after the classic filter."""
-    min_tag_count = int(source_options(dataset, OPTIONS)["min_tag_count"])
+    min_tag_count = dataset["mirflickr25k"]["min_tag_count"]
     root = source_root(dataset)
     numbers = _image_numbers(root)
     names, concepts = read_concepts(root, numbers)
@@ -128,5 +135,5 @@ def build(dataset: dict[str, Any], progress: bool) -> SourceData:
 def expected(dataset: dict[str, Any], summary: dict[str, int]) -> dict[str, int]:
     """24 labels always; the classic counts when the whole release was read with the classic filter."""
     full = (summary.get("images") == FULL_RELEASE["images"]
-            and int(source_options(dataset, OPTIONS)["min_tag_count"]) == OPTIONS["min_tag_count"])
+            and dataset["mirflickr25k"]["min_tag_count"] == Options().min_tag_count)
     return {"labels": N_CONCEPTS, **({"items": FULL_RELEASE["items"], "vocabulary": FULL_RELEASE["vocabulary"]} if full else {})}

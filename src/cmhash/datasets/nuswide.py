@@ -22,12 +22,14 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Annotated, Any, Iterator
 
 import numpy as np
+from pydantic import Field
 from tqdm import tqdm
 
-from cmhash.datasets.source import SourceData, check_images_exist, source_options, source_root
+from cmhash.datasets.source import SourceData, check_images_exist, source_root
+from cmhash.params import Section
 from cmhash.errors import CmhashError
 
 IMAGE_LIST = "ImageList/Imagelist.txt"
@@ -37,8 +39,13 @@ TAG_LISTS = ("NUS_WID_Tags/TagList1k.txt", "ConceptsList/TagList1k.txt")
 IMAGES = "Flickr"
 N_CONCEPTS = 81
 FULL_RELEASE_IMAGES = 269_648
-OPTIONS = {"concepts": 10}
 BLOCK_LINES = 20_000
+
+
+class Options(Section):
+    """``dataset.nuswide``."""
+
+    concepts: Annotated[int, Field(ge=1, le=N_CONCEPTS)] = 10  # the most frequent concepts kept as labels (10 or 21)
 
 
 def _require(path: Path, what: str) -> Path:
@@ -132,10 +139,7 @@ def read_tag_list(root: Path) -> list[str]:
 
 
 def build(dataset: dict[str, Any], progress: bool) -> SourceData:
-    options = source_options(dataset, OPTIONS)
-    n_concepts = int(options["concepts"])
-    if not 1 <= n_concepts <= N_CONCEPTS:
-        raise CmhashError(f"params.yaml: dataset.nuswide.concepts is {n_concepts}; use 10 or 21 (at most {N_CONCEPTS}).")
+    n_concepts = dataset["nuswide"]["concepts"]
     root = source_root(dataset)
     list_file, images = read_image_list(root)
     columns = read_concepts(root, len(images), n_concepts, progress)
@@ -165,4 +169,4 @@ def expected(dataset: dict[str, Any], summary: dict[str, int]) -> dict[str, int]
     """The concept count; the 1,000-tag vocabulary when the whole release was read. The papers' pair
     counts are not asserted (see docs/data.md)."""
     full = summary.get("images") == FULL_RELEASE_IMAGES
-    return {"labels": int(source_options(dataset, OPTIONS)["concepts"]), **({"vocabulary": 1000} if full else {})}
+    return {"labels": dataset["nuswide"]["concepts"], **({"vocabulary": 1000} if full else {})}

@@ -5,8 +5,9 @@ Each source is one module of :mod:`cmhash.datasets` with two functions::
     build(dataset: dict, progress: bool) -> SourceData      # read the user's files
     expected(dataset: dict, summary: dict) -> dict[str, int]  # what validate checks for this source
 
-``dataset`` is the ``dataset`` section of params.yaml; a source's own options sit under
-``dataset.<name>``. ``expected`` may return ``labels`` (label count), ``items`` (pairs) and
+``dataset`` is the ``dataset`` section of params.yaml as :func:`cmhash.params.load_params` checked
+and completed it; a source's own options sit under ``dataset.<name>``, and the module declares
+them, with their defaults, as a schema class ``Options``. ``expected`` may return ``labels`` (label count), ``items`` (pairs) and
 ``vocabulary`` (bag-of-words width) where the source defines them.
 """
 
@@ -58,16 +59,6 @@ def source_root(dataset: dict[str, Any]) -> Path:
         raise CmhashError(f"dataset.root {root} is not a folder; set dataset.root to where you put the "
                           f"{dataset.get('name')} files (docs/data.md).")
     return root
-
-
-def source_options(dataset: dict[str, Any], defaults: dict[str, Any]) -> dict[str, Any]:
-    """``dataset.<name>`` merged over ``defaults``; an unknown key is an error (a typo would be silent)."""
-    given = dataset.get(dataset["name"]) or {}
-    unknown = set(given) - set(defaults)
-    if unknown:
-        raise CmhashError(f"params.yaml: dataset.{dataset['name']} has unknown option(s) {', '.join(sorted(unknown))}; "
-                          f"known: {', '.join(sorted(defaults)) or 'none'}.")
-    return {**defaults, **given}
 
 
 def check_images_exist(root: Path, paths: list[str], describe: Any, progress: bool) -> None:

@@ -36,9 +36,8 @@ class Encoder(Protocol):
 
 def build_encoder(encode: dict[str, Any]) -> Encoder:
     """Build the encoder that ``encode.backend`` names, with its settings from ``encode.<backend>``."""
-    backend = encode.get("backend", "offline")
-    device = encode.get("device", "auto")
-    settings = dict(encode.get(backend) or {})
+    backend, device = encode["backend"], encode["device"]
+    settings = dict(encode[backend])
     if backend == "offline":
         from cmhash.encoders.offline import OfflinePretrainedEncoder
 

@@ -17,7 +17,10 @@ from cmhash.metrics.retrieval import (
     precision_recall_from,
 )
 
-DEFAULT_MAP_KS = (50, 1000)
+# The defaults of the evaluate stage too (params.yaml's evaluate section takes them from here).
+# mAP@5000 is what later supervised CLIP hashing papers report, beside mAP@all.
+DEFAULT_MAP_KS = (50, 1000, 5000)
+DEFAULT_TOP_R = (1, 10, 50, 100, 200, 500, 1000, 2000, 5000)
 
 
 @dataclass(frozen=True)
@@ -37,7 +40,7 @@ def _map_key(k: int | None) -> str:
 
 
 def evaluate_retrieval(query_codes, retrieval_codes, query_labels, retrieval_labels,
-                       map_ks=DEFAULT_MAP_KS, top_r=(1, 10, 100, 1000), progress: bool = False,
+                       map_ks=DEFAULT_MAP_KS, top_r=DEFAULT_TOP_R, progress: bool = False,
                        device: str = "cpu") -> RetrievalReport:
     """mAP@all and mAP@k for each k in ``map_ks`` under both tie rules, the DCMHT-refactor mAP@k,
     mAP@all skipping queries without relevant items, precision@R for ``top_r`` and the

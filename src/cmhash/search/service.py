@@ -121,7 +121,7 @@ class SearchService:
                 for index in codes.values():  # load the compiled kernel now, not during the first query
                     index.search(np.zeros((1, index.bits), np.int8) + 1, 1)
                 self._indexes[method, bits] = LoadedIndex(f"{method}-{bits}", files.info, files.ids, codes,
-                                                          load_model(folder / "model.pt", self.params["encode"].get("device", "auto")))
+                                                          load_model(folder / "model.pt", self.params["encode"]["device"]))
         return self._indexes[method, bits]
 
     # ---- searching

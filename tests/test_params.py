@@ -1,0 +1,100 @@
+"""params.yaml: one schema, checked once at load; every mistake is one line naming the key."""
+
+import copy
+
+import pytest
+import yaml
+from conftest import REPO
+
+from cmhash.errors import CmhashError
+from cmhash.params import load_params, validate_params
+
+PROJECT = yaml.safe_load((REPO / "params.yaml").read_text())
+
+
+def _with(change: tuple[str, object]) -> dict:
+    """The project's params with one dotted key set (a trailing + adds a key that is not there)."""
+    key, value = change
+    params = copy.deepcopy(PROJECT)
+    *path, last = key.split(".")
+    node = params
+    for part in path:
+        node = node[part]
+    node[last] = value
+    return params
+
+
+@pytest.mark.parametrize("change, message", [
+    (("dataset.seeed", 1), "unknown key dataset.seeed; did you mean dataset.seed?"),
+    (("evaluate.map_k", [5]), "unknown key evaluate.map_k; did you mean evaluate.map_ks?"),
+    (("encode.offline.imagesize", 64), "unknown key encode.offline.imagesize; did you mean encode.offline.image_size?"),
+    (("methods.djsrhh", {}), "unknown key methods.djsrhh; did you mean methods.djsrh?"),
+    (("methods.djsrh.epochs", "ten"), "methods.djsrh.epochs is 'ten'; expected a whole number"),
+    (("methods.dcmht.lr", "0.001"), "methods.dcmht.lr is '0.001'; expected a number"),
+    (("train.seed", "abc"), "train.seed is 'abc'; expected a whole number"),
+    (("evaluate.map_ks", "fifty"), "evaluate.map_ks is 'fifty'; expected a list"),
+    (("methods.djsrh.epochs", 0), "methods.djsrh.epochs is 0; expected at least 1"),
+    (("methods.mesdch.epochs", -3), "methods.mesdch.epochs is -3; expected at least 1"),
+    (("methods.djsrh.batch_size", 0), "methods.djsrh.batch_size is 0; expected at least 2"),
+    (("methods.dcmht.lr", float("nan")), "methods.dcmht.lr is nan; expected a finite number"),
+    (("methods.dcmht.lr", float("inf")), "methods.dcmht.lr is inf; expected a finite number"),
+    (("methods.jdsh.lr", 0), "methods.jdsh.lr is 0; expected more than 0"),
+    (("train.bits", [16, 300]), "train.bits[1] is 300; expected at most 255"),
+    (("train.bits", [16, "32;touch x"]), "train.bits[1] is '32;touch x'; expected a whole number"),
+    (("train.methods", ["lsh", "foo"]), "train.methods[1] is 'foo'; expected one of 'lsh', 'itq', 'cca_itq', 'djsrh'"),
+    (("evaluate.map_ks", [0]), "evaluate.map_ks[0] is 0; expected at least 1"),
+    (("evaluate.top_r", [10, -1]), "evaluate.top_r[1] is -1; expected at least 1"),
+    (("dataset.name", "mirflickr99"), "dataset.name is 'mirflickr99'; expected one of 'builtin', 'byo'"),
+    (("dataset.split.query", -5), "dataset.split.query must be a positive whole number, got -5."),
+    (("encode.device", "gpu"), "encode.device is 'gpu'; expected auto, cpu, cuda or cuda:N"),
+    (("dataset_overrides.nuswide.djsrh.beta", "x"), "dataset_overrides.nuswide.djsrh.beta is 'x'; expected a number"),
+    (("dataset.coco.year", 2015), "dataset.coco.year is 2015; expected one of 2014 or 2017"),
+])
+def test_every_mistake_is_one_line_naming_the_key(tmp_path, change, message):
+    with pytest.raises(CmhashError) as error:
+        validate_params(_with(change))
+    assert str(error.value) == f"params.yaml: {message}" or str(error.value).startswith(f"params.yaml: {message}")
+    assert "\n" not in str(error.value)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(_with(change)))
+    from cmhash.cli import main
+
+    assert main(["prepare", "--params", str(tmp_path / "params.yaml"), "--root", str(tmp_path)]) == 1  # no traceback
+
+
+def test_defaults_fill_what_the_file_leaves_out():
+    params = validate_params({"dataset": {"name": "builtin"}})
+    assert params["dataset"]["builtin"] == {"size": 6000, "image_size": 96} and params["dataset"]["seed"] == 0
+    assert params["evaluate"]["map_ks"] == [50, 1000, 5000] and params["train"]["bits"] == [16, 32, 64, 128]
+    assert params["methods"]["djsrh"]["beta"] == 0.9  # a method's defaults are its class's
+    assert params["encode"]["open_clip"] == {"model": "ViT-B-32", "pretrained": None, "model_config": None}
+
+
+def test_every_key_is_in_params_yaml_so_dvc_exp_run_s_can_set_it(tmp_path):
+    """`dvc exp run -S KEY=VALUE` refuses a key that params.yaml lacks ("Could not override")."""
+    from dvc.utils.hydra import apply_overrides
+
+    complete = load_params(REPO / "params.yaml")
+
+    def leaves(node, prefix=""):
+        for key, value in node.items():
+            if isinstance(value, dict) and value:
+                yield from leaves(value, f"{prefix}{key}.")
+            else:
+                yield f"{prefix}{key}"
+
+    missing = [key for key in leaves({k: v for k, v in complete.items() if k != "dataset_overrides"})
+               if not _present(PROJECT, key)]
+    assert missing == []
+    copy_of_params = tmp_path / "params.yaml"
+    copy_of_params.write_text((REPO / "params.yaml").read_text())
+    apply_overrides(str(copy_of_params), ["dataset.root=/data/mirflickr", "dataset.mirflickr25k.min_tag_count=10"])
+    assert load_params(copy_of_params)["dataset"]["root"] == "/data/mirflickr"
+
+
+def _present(params: dict, dotted: str) -> bool:
+    node = params
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return False
+        node = node[part]
+    return True
