@@ -29,7 +29,6 @@ from tqdm import tqdm
 
 from cmhash.datasets.source import SourceData
 from cmhash.params import Section
-from cmhash.errors import CmhashError
 
 SHAPES = {
     "circle": ["circle", "disc", "round dot", "ball"],
