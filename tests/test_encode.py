@@ -88,6 +88,54 @@ def test_encode_resumes_after_interruption(project, clip_config):
     assert np.allclose(np.linalg.norm(a.images, axis=1), 1, atol=1e-5)
 
 
+class _InterruptingTexts(_Interrupting):
+    def encode_texts(self, texts):
+        self.calls += 1
+        if self.calls == self.fail_at:
+            raise KeyboardInterrupt
+        return self.inner.encode_texts(texts)
+
+
+@pytest.mark.parametrize("interrupt", [_Interrupting, _InterruptingTexts], ids=["during images", "during texts"])
+def test_a_resumed_encode_gives_the_same_bytes(project, clip_config, interrupt):
+    import hashlib
+
+    _, layout = project
+    encoder = build_encoder({"backend": "open_clip", "device": "cpu", "open_clip": {"model": "tiny-clip-test", "model_config": str(clip_config)}})
+    prepared, out = layout.prepared("builtin"), layout.features("builtin")
+    reference = layout.root / "reference.h5"
+    encode_dataset(prepared, reference, encoder, batch_size=16, progress=False)
+    with pytest.raises(KeyboardInterrupt):
+        encode_dataset(prepared, out, interrupt(encoder, fail_at=4), batch_size=16, progress=False)
+    encode_dataset(prepared, out, encoder, batch_size=16, progress=False)
+    assert hashlib.md5(out.read_bytes()).hexdigest() == hashlib.md5(reference.read_bytes()).hexdigest()
+    assert not out.with_name(out.name + ".partial").exists()
+
+
+def test_a_corrupt_partial_file_is_discarded_with_a_message(project, clip_config, capsys):
+    _, layout = project
+    encoder = build_encoder({"backend": "open_clip", "device": "cpu", "open_clip": {"model": "tiny-clip-test", "model_config": str(clip_config)}})
+    prepared, out = layout.prepared("builtin"), layout.features("builtin")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_name(out.name + ".partial").write_bytes(b"\x89HDF\r\n\x1a\n" + b"\0" * 100)  # cut short by a crash
+    encode_dataset(prepared, out, encoder, batch_size=64, progress=False)
+    assert "discarding" in capsys.readouterr().out and read_features(out).images.shape[0] == 120
+
+
+def test_two_encodes_of_one_file_do_not_both_write(project, clip_config):
+    import fcntl
+
+    _, layout = project
+    encoder = build_encoder({"backend": "open_clip", "device": "cpu", "open_clip": {"model": "tiny-clip-test", "model_config": str(clip_config)}})
+    out = layout.features("builtin")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(out.with_name(out.name + ".lock"), "a") as other:  # what a running encode holds
+        fcntl.flock(other, fcntl.LOCK_EX)
+        with pytest.raises(CmhashError, match=f"another process is writing {out}"):
+            encode_dataset(layout.prepared("builtin"), out, encoder, batch_size=64, progress=False)
+    assert not out.exists()
+
+
 def test_encoding_the_same_data_again_gives_the_same_file(project, clip_config):
     """The finished file must not depend on when the prepared file was written (DVC hashes it)."""
     import hashlib

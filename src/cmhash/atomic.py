@@ -80,3 +80,18 @@ def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
         for leftover in (tmp, old):
             if leftover is not None and leftover.exists():
                 shutil.rmtree(leftover)
+
+
+def ensure_free_space(folder: str | os.PathLike, needed: int, what: str) -> None:
+    """Stop before writing ``what`` when ``folder``'s file system has less than ``needed`` bytes
+    free: a write that runs out of space midway fails inside HDF5, which cannot always recover."""
+    import shutil
+
+    from cmhash.errors import CmhashError
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    free = shutil.disk_usage(folder).free
+    if free < needed:
+        raise CmhashError(f"{what} needs about {needed / 2**20:,.0f} MB and {folder} has {free / 2**20:,.0f} MB free; "
+                          "free some space (or move the project) and run the stage again.")

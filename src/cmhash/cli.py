@@ -9,6 +9,7 @@ Heavy libraries are imported inside the stage functions, so ``cmhash --help`` st
 from __future__ import annotations
 
 import argparse
+import errno
 import sys
 from pathlib import Path
 
@@ -183,10 +184,24 @@ def main(argv: list[str] | None = None) -> int:
     except CmhashError as err:
         print(f"cmhash {args.stage}: error: {for_terminal(str(err))}", file=sys.stderr)
         return 1
+    except OSError as err:
+        if err.errno != errno.ENOSPC and "No space left on device" not in str(err):
+            raise
+        print(f"cmhash {args.stage}: error: no space left on the device ({_written_file(err)}); free some space and run "
+              "the stage again (outputs are written atomically: nothing half-written was left behind).", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print(f"cmhash {args.stage}: interrupted; outputs are written atomically, so rerun the stage to start again or resume.", file=sys.stderr)
         return 130
     return 0
+
+
+def _written_file(err: OSError) -> str:
+    """The file a failed write was writing, from the error (h5py names it in its message)."""
+    import re
+
+    named = err.filename or (re.search(r"filename = '([^']+)'", str(err)) or [None, None])[1]
+    return f"while writing {named}" if named else "while writing an output"
 
 
 def _method_and_bits(args: argparse.Namespace) -> tuple[str, int]:

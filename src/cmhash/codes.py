@@ -45,7 +45,7 @@ def retrieval_directions(query: SplitCodes, retrieval: SplitCodes) -> dict[str, 
     return {"i2t": (query.images, retrieval.texts), "t2i": (query.texts, retrieval.images)}
 
 
-def write_codes(path: Path, method: str, bits: int, codes: dict[str, SplitCodes]) -> None:
+def write_codes(path: Path, method: str, bits: int, codes: dict[str, SplitCodes], prepared_md5: str) -> None:
     with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
         for name in SETS:
             group = f.create_group(name)
@@ -53,12 +53,27 @@ def write_codes(path: Path, method: str, bits: int, codes: dict[str, SplitCodes]
             for kind in CODE_KINDS:
                 if getattr(codes[name], kind) is not None:
                     group.create_dataset(kind, data=getattr(codes[name], kind).astype(np.int8))
-        f.attrs.update({"method": method, "bits": int(bits), "cmhash_version": __version__})
+        f.attrs.update({"method": method, "bits": int(bits), "prepared_md5": prepared_md5, "cmhash_version": __version__})
+
+
+def check_codes_made_from(path: Path, prepared_path: Path) -> None:
+    """The codes' items and splits are those of the prepared file as it is now."""
+    from cmhash.features import file_md5
+
+    with h5py.File(path, "r") as f:
+        made_from = f.attrs.get("prepared_md5")
+    if made_from != file_md5(prepared_path):
+        raise CmhashError(f"{prepared_path} changed after {path} was made from it; run `dvc repro` (encode and the train "
+                          "stage of this method and length) first, then evaluate again.")
 
 
 def read_codes(path: Path) -> dict[str, SplitCodes]:
     if not Path(path).is_file():
         raise CmhashError(f"{path}: codes not found; run `cmhash train` for this method and bit length first.")
-    with h5py.File(path, "r") as f:
-        return {name: SplitCodes(f[name]["index"][()], **{kind: f[name][kind][()] for kind in CODE_KINDS if kind in f[name]})
-                for name in SETS}
+    try:
+        with h5py.File(path, "r") as f:
+            return {name: SplitCodes(f[name]["index"][()], **{kind: f[name][kind][()] for kind in CODE_KINDS if kind in f[name]})
+                    for name in SETS}
+    except (OSError, KeyError) as err:
+        raise CmhashError(f"{path}: truncated or not a codes file ({str(err).splitlines()[0]}); rebuild it with "
+                          "`dvc repro` (the train stage of this method and length).") from None

@@ -8,22 +8,28 @@ them, else the bag of words, e.g. for the DCMH .mat files). Attributes record th
 and settings, the text source, whether the two spaces are aligned, and the cmhash version.
 
 Encoding is resumable: batches are written to ``<out>.partial`` as they finish, and a rerun with
-the same encoder and the same prepared file continues where the last one stopped. The finished
-file is renamed into place, so a reader never sees a half-encoded file.
+the same encoder and the same prepared file continues where the last one stopped (a ``.partial``
+left unreadable is discarded, with a message). The finished file is written anew from the
+``.partial`` one, atomically, so a reader never sees a half-encoded file and a resumed encode gives
+the same bytes as an uninterrupted one. One encode at a time may write an output.
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
-import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+
 import h5py
 import numpy as np
 from tqdm import tqdm
 
 from cmhash import __version__
+from cmhash.atomic import atomic_path
 from cmhash.datasets.prepared import PreparedData
 from cmhash.encoders import Encoder
 from cmhash.errors import CmhashError
@@ -42,9 +48,13 @@ def read_features(path: str | Path) -> Features:
     path = Path(path)
     if not path.is_file():
         raise CmhashError(f"{path}: features not found; run `cmhash encode` (or `dvc repro encode`) first.")
-    with h5py.File(path, "r") as f:
-        return Features(f["images"][()], f["texts"][()], str(f.attrs["encoder"]), bool(f.attrs["aligned"]),
-                        str(f.attrs.get("fingerprint", "")))
+    try:
+        with h5py.File(path, "r") as f:
+            return Features(f["images"][()], f["texts"][()], str(f.attrs["encoder"]), bool(f.attrs["aligned"]),
+                            str(f.attrs.get("fingerprint", "")))
+    except (OSError, KeyError) as err:
+        raise CmhashError(f"{path}: truncated or not a features file ({str(err).splitlines()[0]}); rebuild it with "
+                          "`dvc repro encode` (or delete it and run `cmhash encode`).") from None
 
 
 def read_recipe(path: str | Path) -> dict:
@@ -53,12 +63,26 @@ def read_recipe(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise CmhashError(f"{path}: features not found; run `cmhash encode` (or `dvc repro encode`) first.")
-    with h5py.File(path, "r") as f:
-        fingerprint = str(f.attrs.get("fingerprint", ""))
-        aligned = bool(f.attrs["aligned"])
+    try:
+        with h5py.File(path, "r") as f:
+            fingerprint = str(f.attrs["fingerprint"])
+            aligned = bool(f.attrs["aligned"])
+    except (OSError, KeyError) as err:
+        raise CmhashError(f"{path}: truncated or not a features file ({str(err).splitlines()[0]}); rebuild it with "
+                          "`dvc repro encode` (or delete it and run `cmhash encode`).") from None
     made = json.loads(fingerprint)
     return {"name": made["encoder"], "settings": made["settings"], "text": made["text"], "aligned": aligned,
             "fingerprint": fingerprint}
+
+
+def check_made_from(features: Features, features_path: Path, prepared_path: Path) -> str:
+    """The prepared file's md5, after checking that the features were encoded from it as it is now
+    (not from an earlier version: another seed, another split)."""
+    current = file_md5(prepared_path)
+    if json.loads(features.fingerprint).get("prepared_md5") != current:
+        raise CmhashError(f"{prepared_path} changed after {features_path} was encoded from it; run `dvc repro encode` "
+                          "(or cmhash encode) first, then this stage again.")
+    return current
 
 
 def normalise_rows(x: np.ndarray) -> np.ndarray:
@@ -90,15 +114,15 @@ def encode_dataset(prepared_path: Path, out_path: Path, encoder: Encoder, batch_
     out_path = Path(out_path)
     partial = out_path.with_name(out_path.name + ".partial")
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    with PreparedData(prepared_path) as data:
+    with _exclusive(out_path), PreparedData(prepared_path) as data:
         text = text_source(data, text)
         # the prepared file's content, not its mtime: the fingerprint stays in the finished file, so
         # encoding the same data again must give the same bytes (DVC then reruns nothing downstream)
         fingerprint = json.dumps(
-            {"encoder": encoder.name, "settings": encoder.settings(), "text": text, "prepared_md5": _file_md5(prepared_path)},
+            {"encoder": encoder.name, "settings": encoder.settings(), "text": text, "prepared_md5": file_md5(prepared_path)},
             sort_keys=True,
         )
-        with h5py.File(partial, "a") as f:
+        with _open_partial(partial) as f:
             if f.attrs.get("fingerprint") != fingerprint:  # a different run's leftovers: start over
                 for key in list(f.keys()):
                     del f[key]
@@ -110,20 +134,63 @@ def encode_dataset(prepared_path: Path, out_path: Path, encoder: Encoder, batch_
                 _encode_texts(f, data, encoder, batch_size, progress)
             else:
                 _store_bag_of_words(f, data)
-            f.attrs.update(
-                {
-                    "encoder": encoder.name if text == "captions" else f"{encoder.name} images + bag-of-words text",
-                    "encoder_settings": json.dumps(encoder.settings(), sort_keys=True),
-                    "text": text,
-                    "aligned": encoder.aligned and text == "captions",
-                    "prepared": str(prepared_path),
-                    "cmhash_version": __version__,
-                }
-            )
-    os.replace(partial, out_path)
+        attrs = {
+            "fingerprint": fingerprint,
+            "encoder": encoder.name if text == "captions" else f"{encoder.name} images + bag-of-words text",
+            "encoder_settings": json.dumps(encoder.settings(), sort_keys=True),
+            "text": text,
+            "aligned": encoder.aligned and text == "captions",
+            "prepared": str(prepared_path),
+            "cmhash_version": __version__,
+        }
+        _write_final(partial, out_path, attrs)
+        partial.unlink()
 
 
-def _file_md5(path: Path, block: int = 1 << 24) -> str:
+@contextmanager
+def _exclusive(out_path: Path) -> Iterator[None]:
+    """One encode at a time per output: a second one stops at once instead of writing the same
+    ``.partial`` file (an exclusive lock on ``<out>.lock``, dropped by the kernel if a process dies)."""
+    lock = out_path.with_name(out_path.name + ".lock")
+    with open(lock, "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise CmhashError(f"another process is writing {out_path} (it holds {lock}); wait for it to finish, "
+                              "or stop it, before encoding again.") from None
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _open_partial(partial: Path) -> h5py.File:
+    """The resumable ``.partial`` file; one an interrupted run left unreadable is discarded, with a
+    message, and encoding starts over."""
+    try:
+        return h5py.File(partial, "a")
+    except OSError as err:
+        print(f"discarding {partial}: an interrupted encode left it unreadable ({str(err).splitlines()[0]}); starting over")
+        partial.unlink()
+        return h5py.File(partial, "a")
+
+
+def _write_final(partial: Path, out_path: Path, attrs: dict) -> None:
+    """Copy the encoded arrays into a new file written in one go, atomically. The ``.partial`` file's
+    bytes depend on whether and where encoding was interrupted (the order HDF5 allocated its
+    chunks and metadata); the copy's do not, so a resumed encode gives the same file as an
+    uninterrupted one, and DVC reruns nothing downstream."""
+    with h5py.File(partial, "r") as source, atomic_path(out_path) as tmp, h5py.File(tmp, "w") as f:
+        for name in ("images", "texts"):
+            rows = source[name]
+            target = f.create_dataset(name, shape=rows.shape, dtype=rows.dtype)
+            for start in range(0, rows.shape[0], 8192):  # in slices: memory stays bounded at any size
+                target[start:start + 8192] = rows[start:start + 8192]
+        for key in sorted(attrs):
+            f.attrs[key] = attrs[key]
+
+
+def file_md5(path: Path, block: int = 1 << 24) -> str:
     digest = hashlib.md5()
     with open(path, "rb") as handle:
         while chunk := handle.read(block):

@@ -85,6 +85,7 @@ def _method_models(partial: bool) -> dict[str, type[Section]]:
 def schema() -> type[Section]:
     """The whole of params.yaml (built once: it reads the sources', encoders' and methods' modules)."""
     from cmhash.datasets import SOURCES, source_module
+    from cmhash.datasets.source import MAX_IMAGE_PIXELS
     from cmhash.datasets.splits import parse_split
     from cmhash.encoders.clip import OpenClipEncoder
     from cmhash.encoders.offline import OfflinePretrainedEncoder
@@ -96,6 +97,7 @@ def schema() -> type[Section]:
         name=(Literal[tuple(SOURCES)], ...),
         seed=(Annotated[int, Field(ge=0)], 0),
         root=(str | None, None),
+        max_image_pixels=(PositiveInt, MAX_IMAGE_PIXELS),
         split=(str | dict[str, int | str] | None, None),
         **sources,
     )

@@ -61,7 +61,7 @@ def train(params: dict[str, Any], layout: Layout, method: str, bits: int, progre
     """Fit one method at one code length on the train split; write the model and the codes."""
     from cmhash.codes import write_codes
     from cmhash.datasets.prepared import PreparedData
-    from cmhash.features import read_features
+    from cmhash.features import check_made_from, read_features
     from cmhash.methods import build_method, check_method_and_bits, save_model
 
     check_method_and_bits(method, bits)  # before reading anything
@@ -70,6 +70,7 @@ def train(params: dict[str, Any], layout: Layout, method: str, bits: int, progre
     settings = method_params(params, method)
     model = build_method(method, bits, settings, seed, params["train"]["device"], progress=progress)
     features = read_features(layout.features(name))
+    prepared_md5 = check_made_from(features, layout.features(name), layout.prepared(name))
     with PreparedData(layout.prepared(name)) as data:
         splits, labels = data.splits, data.labels
     train_idx = splits["train"]
@@ -79,7 +80,7 @@ def train(params: dict[str, Any], layout: Layout, method: str, bits: int, progre
     else:
         codes, seconds = fit_on_features(model, features, splits, labels)
     save_model(out_dir / "model.pt", method, model, settings, seed)
-    write_codes(out_dir / "codes.h5", method, bits, codes)
+    write_codes(out_dir / "codes.h5", method, bits, codes, prepared_md5)
     # The fit time is printed, not written: the model folder is a DVC output, and its hash must
     # not change when the same fit runs again.
     write_json(out_dir / "train.json", {"method": method, "bits": bits, "seed": seed, "settings": settings,
@@ -139,7 +140,7 @@ def _fit_end_to_end(params, layout, model, splits, labels):
 
 def evaluate(params: dict[str, Any], layout: Layout, method: str, bits: int, progress: bool = True) -> dict[str, Any]:
     """I->T and T->I retrieval metrics and curves for one trained method and code length."""
-    from cmhash.codes import read_codes, retrieval_directions
+    from cmhash.codes import check_codes_made_from, read_codes, retrieval_directions
     from cmhash.datasets.prepared import PreparedData
     from cmhash.metrics import evaluate_retrieval
     from cmhash.methods import check_method_and_bits
@@ -147,7 +148,9 @@ def evaluate(params: dict[str, Any], layout: Layout, method: str, bits: int, pro
     check_method_and_bits(method, bits)
     settings = params["evaluate"]
     map_ks, top_r = settings["map_ks"], settings["top_r"]
-    codes = read_codes(layout.model_dir(method, bits) / "codes.h5")
+    codes_path = layout.model_dir(method, bits) / "codes.h5"
+    codes = read_codes(codes_path)
+    check_codes_made_from(codes_path, layout.prepared(params["dataset"]["name"]))
     with PreparedData(layout.prepared(params["dataset"]["name"])) as data:
         labels = data.labels
     query_labels, retrieval_labels = labels[codes["query"].index], labels[codes["retrieval"].index]

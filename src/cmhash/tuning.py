@@ -74,7 +74,7 @@ def tune(params: dict[str, Any], layout, method: str, bits: int, grid: dict[str,
     """Fit and score every combination of ``grid``; write and return the results (best first).
     ``progress`` shows the methods' progress bars; ``log`` (e.g. ``print``) is told each combination."""
     from cmhash.datasets.prepared import PreparedData
-    from cmhash.features import read_features
+    from cmhash.features import check_made_from, read_features
     from cmhash.methods import build_method, method_class
     from cmhash.params import method_params
 
@@ -87,6 +87,7 @@ def tune(params: dict[str, Any], layout, method: str, bits: int, grid: dict[str,
         raise CmhashError(f"cmhash tune fits on the encode stage's features and cannot tune fine-tuning "
                           f"(methods.{method}.mode: finetune); add --grid mode=frozen.")
     features = read_features(layout.features(name))
+    check_made_from(features, layout.features(name), layout.prepared(name))
     with PreparedData(layout.prepared(name)) as data:
         train_rows, labels = data.splits["train"], data.labels
     fit_rows, validation_rows = carve_validation(train_rows, share, seed)

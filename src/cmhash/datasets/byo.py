@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from cmhash.datasets.source import SourceData, multi_hot, source_root
+from cmhash.datasets.source import SourceData, multi_hot, source_root, too_many_pixels
 from cmhash.params import Section
 from cmhash.errors import CmhashError
 
@@ -63,32 +63,42 @@ def _check_pair(root: Path, image: Any, texts: Any, labels: Any, where: str) -> 
     return Pair(image, [t.strip() for t in texts], sorted({label.strip() for label in labels}), where)
 
 
+def _text_lines(path: Path) -> list[str]:
+    """The file's lines, decoded as UTF-8; a line that is not names the file, the line and the byte."""
+    lines = []
+    for number, raw in enumerate(path.read_bytes().splitlines(keepends=True), start=1):
+        try:
+            lines.append(raw.decode("utf-8"))
+        except UnicodeDecodeError as err:
+            raise CmhashError(f"{path}:{number}: not UTF-8 text (byte 0x{raw[err.start]:02x} at column {err.start + 1}); "
+                              "save the file as UTF-8.") from None
+    return lines
+
+
 def _read_jsonl(root: Path, path: Path) -> list[Pair]:
     pairs = []
-    with path.open(encoding="utf-8") as lines:
-        for number, line in enumerate(lines, start=1):
-            if not line.strip():
-                continue
-            where = f"{path}:{number}"
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise CmhashError(f"{where}: not valid JSON ({err.msg}); each line must be one JSON object.") from None
-            if not isinstance(record, dict):
-                raise CmhashError(f"{where}: each line must be a JSON object with image, text and labels.")
-            pairs.append(_check_pair(root, record.get("image"), record.get("text"), record.get("labels"), where))
+    for number, line in enumerate(_text_lines(path), start=1):
+        if not line.strip():
+            continue
+        where = f"{path}:{number}"
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise CmhashError(f"{where}: not valid JSON ({err.msg}); each line must be one JSON object.") from None
+        if not isinstance(record, dict):
+            raise CmhashError(f"{where}: each line must be a JSON object with image, text and labels.")
+        pairs.append(_check_pair(root, record.get("image"), record.get("text"), record.get("labels"), where))
     return pairs
 
 
 def _read_csv(root: Path, path: Path) -> list[Pair]:
     pairs = []
-    with path.open(encoding="utf-8", newline="") as handle:
-        reader = csv.DictReader(handle)
-        if reader.fieldnames is None or set(CSV_COLUMNS) - set(reader.fieldnames):
-            raise CmhashError(f"{path}: the header must name the columns {','.join(CSV_COLUMNS)}, got {reader.fieldnames}.")
-        for row in reader:
-            labels = [label for label in (row["labels"] or "").split("|") if label.strip()]
-            pairs.append(_check_pair(root, row["image"], row["text"] or "", labels, f"{path}:{reader.line_num}"))
+    reader = csv.DictReader(_text_lines(path))
+    if reader.fieldnames is None or set(CSV_COLUMNS) - set(reader.fieldnames):
+        raise CmhashError(f"{path}: the header must name the columns {','.join(CSV_COLUMNS)}, got {reader.fieldnames}.")
+    for row in reader:
+        labels = [label for label in (row["labels"] or "").split("|") if label.strip()]
+        pairs.append(_check_pair(root, row["image"], row["text"] or "", labels, f"{path}:{reader.line_num}"))
     return pairs
 
 
@@ -105,15 +115,19 @@ def read_pairs(root: Path) -> list[Pair]:
     return pairs
 
 
-def check_images_decode(root: Path, pairs: list[Pair], progress: bool) -> None:
+def check_images_decode(root: Path, pairs: list[Pair], progress: bool, max_pixels: int) -> None:
     """Open every image once, so an undecodable file stops prepare rather than encode."""
     from PIL import Image, UnidentifiedImageError
     from tqdm import tqdm
+
+    Image.MAX_IMAGE_PIXELS = max_pixels
 
     for pair in tqdm(pairs, desc="checking images", unit="image", disable=not progress):
         try:
             with Image.open(root / pair.image) as img:
                 img.verify()
+        except Image.DecompressionBombError:
+            raise CmhashError(too_many_pixels(root / pair.image, pair.where)) from None
         except (UnidentifiedImageError, OSError) as err:
             raise CmhashError(f"{pair.where}: image {pair.image!r} cannot be decoded ({err}); replace or remove it.") from None
 
@@ -128,7 +142,7 @@ def labels_matrix(pairs: list[Pair]) -> tuple[np.ndarray, list[str]]:
 def build(dataset: dict[str, Any], progress: bool) -> SourceData:
     root = source_root(dataset)
     pairs = read_pairs(root)
-    check_images_decode(root, pairs, progress)
+    check_images_decode(root, pairs, progress, dataset["max_image_pixels"])
     labels, names = labels_matrix(pairs)
     return SourceData(
         labels=labels, label_names=names,

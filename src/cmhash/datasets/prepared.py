@@ -27,7 +27,7 @@ import h5py
 import numpy as np
 
 from cmhash import __version__
-from cmhash.atomic import atomic_path
+from cmhash.atomic import atomic_path, ensure_free_space
 from cmhash.errors import CmhashError
 
 if TYPE_CHECKING:
@@ -67,6 +67,7 @@ def write_prepared(
     text_item = np.asarray(text_item, dtype=np.int64)
     if len(texts) != len(text_item):
         raise ValueError("texts and text_item differ in length")
+    ensure_free_space(Path(path).parent, _expected_bytes(images, labels, texts), str(path))
     with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
         f.create_dataset("labels", data=labels.astype(np.uint8), compression="gzip")
         gzip = "gzip" if len(texts) else None  # HDF5 cannot compress an empty dataset
@@ -91,6 +92,18 @@ def write_prepared(
         f.attrs["summary"] = json.dumps(summary or {}, sort_keys=True)
         f.attrs["cmhash_version"] = __version__
         f.attrs["format_version"] = FORMAT_VERSION
+
+
+def _expected_bytes(images: "PixelArray | None", labels: np.ndarray, texts: Sequence[str]) -> int:
+    """About what the file will take: the pixels as gzip compresses a sample of them (level 4, one
+    image per chunk, as written), plus labels and texts uncompressed, plus a margin."""
+    import zlib
+
+    pixels = 0
+    if images is not None and images.shape[0]:
+        sample = np.asarray(images[: min(64, images.shape[0])], dtype=np.uint8)
+        pixels = int(np.mean([len(zlib.compress(image.tobytes(), 4)) for image in sample]) * images.shape[0])
+    return int(1.1 * (pixels + labels.size + sum(len(t) for t in texts) + 16 * len(texts))) + (1 << 20)
 
 
 def _copy_pixels(f: h5py.File, images: "PixelArray", progress: bool, rows: int = 512) -> None:
@@ -124,18 +137,24 @@ class PreparedData:
         try:
             self._file = h5py.File(self.path, "r")
         except OSError as err:
-            raise CmhashError(f"{self.path}: not a readable HDF5 file ({err}); delete it and run `cmhash prepare` again.") from err
+            raise CmhashError(f"{self.path}: not a readable HDF5 file, or truncated ({str(err).splitlines()[0]}); rebuild it "
+                              "with `dvc repro prepare` (or delete it and run `cmhash prepare`).") from None
         f = self._file
         missing = [k for k in ("labels", "texts", "text_item", "splits") if k not in f]
         if "images" not in f and "image_paths" not in f:
             missing.append("images or image_paths")
         if missing:
             raise CmhashError(f"{self.path}: not a cmhash prepared file (missing {', '.join(missing)}); run `cmhash prepare` again.")
-        self.labels: np.ndarray = f["labels"][()]
-        self.label_names: list[str] = [_as_str(n) for n in f.attrs.get("label_names", [])]
-        self.texts: list[str] = [_as_str(t) for t in f["texts"][()]]
-        self.text_item: np.ndarray = f["text_item"][()]
-        self.splits: dict[str, np.ndarray] = {name: f["splits"][name][()] for name in f["splits"]}
+        try:
+            self.labels: np.ndarray = f["labels"][()]
+            self.label_names: list[str] = [_as_str(n) for n in f.attrs.get("label_names", [])]
+            self.texts: list[str] = [_as_str(t) for t in f["texts"][()]]
+            self.text_item: np.ndarray = f["text_item"][()]
+            self.splits: dict[str, np.ndarray] = {name: f["splits"][name][()] for name in f["splits"]}
+        except OSError as err:
+            f.close()
+            raise CmhashError(f"{self.path}: truncated or damaged ({str(err).splitlines()[0]}); rebuild it with "
+                              "`dvc repro prepare` (or delete it and run `cmhash prepare`).") from None
         self.source: str = _as_str(f.attrs.get("source", ""))
         self.params: dict[str, Any] = json.loads(f.attrs.get("params", "{}"))
         self.split_record: dict[str, Any] = json.loads(f.attrs.get("split", "{}"))
@@ -192,7 +211,11 @@ class PreparedData:
             # item by item: h5py's list indexing is about 70x slower than 128 single reads
             return [Image.fromarray(self.images[i]) for i in items]
         paths = self._file["image_paths"]
-        return [_open_image(self.image_root / _as_str(paths[i]), self.path, int(i)) for i in items]
+        # the limit the file was prepared with (dataset.max_image_pixels), so encode decodes what prepare accepted
+        from cmhash.datasets.source import MAX_IMAGE_PIXELS
+
+        max_pixels = int(self.params.get("max_image_pixels", MAX_IMAGE_PIXELS))
+        return [_open_image(self.image_root / _as_str(paths[i]), self.path, int(i), max_pixels) for i in items]
 
     def iter_images(self, batch_size: int, first: int = 0) -> Iterator[list["PIL.Image.Image"]]:  # noqa: F821
         """Yield the images from item ``first`` on as RGB PIL images, ``batch_size`` at a time."""
@@ -215,12 +238,17 @@ class PreparedData:
         self.close()
 
 
-def _open_image(path: Path, prepared: Path, item: int):
+def _open_image(path: Path, prepared: Path, item: int, max_pixels: int):
     from PIL import Image, UnidentifiedImageError
 
+    from cmhash.datasets.source import too_many_pixels
+
+    Image.MAX_IMAGE_PIXELS = max_pixels
     try:
         with Image.open(path) as img:
             return img.convert("RGB")
+    except Image.DecompressionBombError:
+        raise CmhashError(too_many_pixels(path, f"{prepared}: item {item}")) from None
     except FileNotFoundError as err:
         raise CmhashError(f"{prepared}: item {item}: image {path} does not exist; check dataset.root.") from err
     except (UnidentifiedImageError, OSError) as err:

@@ -61,6 +61,17 @@ def source_root(dataset: dict[str, Any]) -> Path:
     return root
 
 
+MAX_IMAGE_PIXELS = 89_478_485  # PIL's default limit; dataset.max_image_pixels changes it
+
+
+def too_many_pixels(path: Path, where: str) -> str:
+    """The message for an image over PIL's decompression-bomb limit."""
+    from PIL import Image
+
+    return (f"{where}: image {path} has more than twice {Image.MAX_IMAGE_PIXELS:,} pixels, the limit PIL keeps against "
+            "decompression bombs; if the image is genuine, raise dataset.max_image_pixels in params.yaml.")
+
+
 def check_images_exist(root: Path, paths: list[str], describe: Any, progress: bool) -> None:
     """Stop with the item's name when an image file is missing (``describe(i)`` names item i)."""
     from tqdm import tqdm
