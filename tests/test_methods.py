@@ -1,3 +1,4 @@
+import json
 from pathlib import Path
 
 import numpy as np
@@ -323,3 +324,35 @@ def test_crafted_model_file_is_refused_and_runs_nothing(tmp_path):
     torch.load(crafted, weights_only=False)
     assert marker.exists()
 
+
+
+def test_a_diverging_loss_stops_training_naming_the_method_epoch_and_cause():
+    image, text = _features(n=64)
+    with pytest.raises(CmhashError, match=r"JDSH 8 bits: the loss became nan in epoch 1 of 3; the likely cause is a "
+                                          r"learning rate too high .*methods.jdsh.lr = 1000000000.0\): lower it"):
+        build_method("jdsh", 8, {**TINY, "epochs": 3, "lr": 1e9}, device="cpu").fit(image, text)
+
+
+def test_collapsed_codes_are_reported(project):
+    from cmhash import stages
+    from cmhash.codes import SplitCodes, collapse_warnings
+
+    index = np.arange(4)
+    same = np.ones((4, 8), np.int8)
+    mostly = same.copy()
+    mostly[1, :3] = -1
+    assert collapse_warnings({"retrieval": SplitCodes(index, images=same, texts=mostly)}) == [
+        "all 4 retrieval items share one image code (the codes collapsed)",
+        "5 of the 8 bits of the text codes are the same for every retrieval item"]
+    params, layout = project
+    params["train"]["methods"], params["train"]["bits"] = ["djsrh"], [16]
+    params["methods"]["djsrh"]["weight_decay"] = 100.0  # every weight driven to zero: one code for all
+    stages.encode(params, layout, progress=False)
+    stages.train(params, layout, "djsrh", 16, progress=False)
+    warnings = json.loads((layout.model_dir("djsrh", 16) / "train.json").read_text())["warnings"]
+    assert any("bits of the image codes are the same for every retrieval item" in w for w in warnings)
+    stages.evaluate(params, layout, "djsrh", 16, progress=False)
+    assert json.loads(layout.metrics("djsrh", 16).read_text())["warnings"] == warnings
+    stages.report(params, layout)
+    assert f"## Warnings\n\nCodes that carry little information (see train.json of each model):\n\n- djsrh 16 bits: {warnings[0]}" \
+        in layout.results_report().read_text()

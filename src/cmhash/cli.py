@@ -165,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
             method, bits = _method_and_bits(args)
             results = stages.evaluate(params, layout, method, bits, progress)
             summary = "  ".join(f"{d} " + " ".join(f"{k}={v:.4f}" for k, v in m.items() if k.startswith("map_"))
-                                for d, m in results.items())
+                                for d, m in results.items() if isinstance(m, dict))
             print(f"{method} {bits} bits: {summary}")
         elif args.stage == "report":
             print(f"wrote {stages.report(params, layout)}")

@@ -45,6 +45,24 @@ def retrieval_directions(query: SplitCodes, retrieval: SplitCodes) -> dict[str, 
     return {"i2t": (query.images, retrieval.texts), "t2i": (query.texts, retrieval.images)}
 
 
+def collapse_warnings(codes: dict[str, SplitCodes]) -> list[str]:
+    """What says a model's codes carry little: every retrieval item sharing one code, or more than
+    half the bits the same for every item. mAP still gets computed; train.json, the metrics file
+    and the results table say so."""
+    warnings = []
+    for kind in CODE_KINDS:
+        rows = getattr(codes["retrieval"], kind)
+        if rows is None or len(rows) < 2:
+            continue
+        bits = rows.shape[1]
+        constant = int(np.all(rows == rows[:1], axis=0).sum())
+        if len(np.unique(rows, axis=0)) == 1:
+            warnings.append(f"all {len(rows):,} retrieval items share one {kind[:-1]} code (the codes collapsed)")
+        elif constant > bits // 2:
+            warnings.append(f"{constant} of the {bits} bits of the {kind[:-1]} codes are the same for every retrieval item")
+    return warnings
+
+
 def write_codes(path: Path, method: str, bits: int, codes: dict[str, SplitCodes], prepared_md5: str) -> None:
     with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
         for name in SETS:

@@ -56,4 +56,7 @@ def render_results(params: dict[str, Any], layout: Layout) -> str:
             lines += [f"## {title}, cross-modal retrieval", ""] + _table(per_modality, bits, ["i2t", "t2i"], cell) + [""]
         if fused:
             lines += [f"## {title}, fused codes (pair-to-pair retrieval)", ""] + _table(fused, bits, ["p2p"], cell) + [""]
+    warned = [f"- {m} {b} bits: {warning}" for m in methods for b in bits for warning in results[m, b].get("warnings", [])]
+    if warned:
+        lines += ["## Warnings", "", "Codes that carry little information (see train.json of each model):", "", *warned, ""]
     return "\n".join(lines)

@@ -59,7 +59,7 @@ def encode(params: dict[str, Any], layout: Layout, progress: bool = True) -> Pat
 
 def train(params: dict[str, Any], layout: Layout, method: str, bits: int, progress: bool = True) -> Path:
     """Fit one method at one code length on the train split; write the model and the codes."""
-    from cmhash.codes import write_codes
+    from cmhash.codes import collapse_warnings, write_codes
     from cmhash.datasets.prepared import PreparedData
     from cmhash.features import check_made_from, read_features
     from cmhash.methods import build_method, check_method_and_bits, save_model
@@ -83,8 +83,12 @@ def train(params: dict[str, Any], layout: Layout, method: str, bits: int, progre
     write_codes(out_dir / "codes.h5", method, bits, codes, prepared_md5)
     # The fit time is printed, not written: the model folder is a DVC output, and its hash must
     # not change when the same fit runs again.
+    warnings = collapse_warnings(codes)
     write_json(out_dir / "train.json", {"method": method, "bits": bits, "seed": seed, "settings": settings,
-                                        "encoder": features.encoder, "train_items": int(len(train_idx))})
+                                        "encoder": features.encoder, "train_items": int(len(train_idx)),
+                                        "warnings": warnings})
+    for warning in warnings:
+        print(f"warning: {method} {bits} bits: {warning}")
     print(f"{method} {bits} bits: fitted on {len(train_idx):,} items in {seconds:.1f} s")
     return out_dir
 
@@ -140,7 +144,7 @@ def _fit_end_to_end(params, layout, model, splits, labels):
 
 def evaluate(params: dict[str, Any], layout: Layout, method: str, bits: int, progress: bool = True) -> dict[str, Any]:
     """I->T and T->I retrieval metrics and curves for one trained method and code length."""
-    from cmhash.codes import check_codes_made_from, read_codes, retrieval_directions
+    from cmhash.codes import check_codes_made_from, collapse_warnings, read_codes, retrieval_directions
     from cmhash.datasets.prepared import PreparedData
     from cmhash.metrics import evaluate_retrieval
     from cmhash.methods import check_method_and_bits
@@ -166,6 +170,8 @@ def evaluate(params: dict[str, Any], layout: Layout, method: str, bits: int, pro
         write_text(plots / "precision_recall" / f"{direction}.csv",
                    "radius,recall,precision\n" + "".join(
                        f"{i},{r:.6f},{p:.6f}\n" for i, (p, r) in enumerate(zip(report.pr_precision, report.pr_recall))))
+    if warnings := collapse_warnings(codes):
+        results["warnings"] = warnings  # shown in the results table
     write_json(layout.metrics(method, bits), results)
     return results
 

@@ -45,7 +45,7 @@ from tqdm import tqdm
 
 from cmhash.errors import CmhashError
 from cmhash.methods import to_codes
-from cmhash.methods.network import NetworkHash, label_similarity
+from cmhash.methods.network import NetworkHash, end_epoch, label_similarity
 
 MODES = ("frozen", "finetune")
 
@@ -169,7 +169,7 @@ class DCMHT(NetworkHash):
                 scaler.update()
                 schedule.step()
                 total, batches = total + loss.item(), batches + 1
-            self.history.append(total / max(batches, 1))
+            end_epoch(self, epoch, total, batches, "clip_lr")
         return self
 
     def _attach_towers(self, towers) -> None:

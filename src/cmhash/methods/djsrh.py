@@ -36,6 +36,8 @@ def joint_semantic_affinity(image_features, text_features, beta: float, eta: flo
 
 
 class DJSRH(NetworkHash):
+    rate_setting = "lr_image"  # (and lr_text)
+
     def __init__(
         self,
         bits: int,

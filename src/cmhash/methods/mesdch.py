@@ -33,7 +33,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from cmhash.methods.network import NetworkHash, Standardize, mlp
+from cmhash.methods.network import NetworkHash, Standardize, end_epoch, mlp
 
 EPSILON = 1e-5
 
@@ -123,5 +123,5 @@ class MESDCH(NetworkHash):
                     optimizers[network].step()
                     buffers[network][index] = codes.detach()
                     total, steps = total + loss.item(), steps + 1
-            self.history.append(total / max(steps, 1))
+            end_epoch(self, epoch, total, steps, "lr")
         return self

@@ -36,6 +36,18 @@ class Batch:
     labels: Any = None
 
 
+def end_epoch(method, epoch: int, total: float, steps: int, rate_setting: str) -> None:
+    """Record an epoch's mean loss in ``method.history``; stop, naming the method, the epoch and the
+    likely cause, when the loss is no longer a number (training on would save a broken model)."""
+    mean = total / max(steps, 1)
+    if not np.isfinite(mean):
+        name = type(method).__name__
+        raise CmhashError(f"{name} {method.bits} bits: the loss became {mean} in epoch {epoch + 1} of {method.epochs}; "
+                          f"the likely cause is a learning rate too high for these features (methods.{name.lower()}."
+                          f"{rate_setting} = {getattr(method, rate_setting)}): lower it, or check the features for NaN.")
+    method.history.append(mean)
+
+
 def mlp(in_dim: int, hidden: int, out_dim: int) -> nn.Sequential:
     """``in -> hidden -> out`` with a ReLU in between: the per-modality head of most methods."""
     return nn.Sequential(nn.Linear(in_dim, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, out_dim))
@@ -82,6 +94,7 @@ class NetworkHash:
 
     supervised = False  # True: fit needs the training labels
     fused = False  # True: one code per image-text pair (encode_pairs) instead of one per modality
+    rate_setting = "lr"  # the learning-rate setting an error names when the loss diverges
 
     def __init__(self, bits: int, seed: int, device: str, epochs: int, batch_size: int, progress: bool):
         self.bits, self.seed, self.device = int(bits), int(seed), resolve_device(device)
@@ -143,7 +156,7 @@ class NetworkHash:
                 for optimizer in optimizers:
                     optimizer.step()
                 total, batches = total + loss.item(), batches + 1
-            self.history.append(total / max(batches, 1))
+            end_epoch(self, epoch, total, batches, self.rate_setting)
         return self
 
     def fit_standardizers(self, images, texts) -> None:
