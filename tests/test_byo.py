@@ -131,3 +131,28 @@ def test_pairs_file_must_be_exactly_one_and_split_explicit(tmp_path):
     params["dataset"]["split"] = {"query": 3}
     with pytest.raises(CmhashError, match=r"dataset.split must give train \(e.g. split: \{query: 2000, train: 5000\}\) or name a protocol"):
         stages.prepare(params, Layout(tmp_path / "project"), progress=False)
+
+
+def test_duplicate_pairs_are_counted_warned_about_and_can_be_dropped(tmp_path, capsys):
+    from cmhash.params import validate_params
+
+    pairs = _pairs(40)
+    root = _write_folder(tmp_path / "raw", pairs + pairs)  # every pair twice
+    params = _byo_params(root)
+    layout = Layout(tmp_path / "project")
+    stages.prepare(params, layout, progress=False)
+    with PreparedData(layout.prepared("byo")) as data:
+        assert data.summary["duplicate_pairs"] == 40 and data.n_items == 80
+        queries = set(data.splits["query"].tolist())
+    report = stages.validate(params, layout)
+    twins = sum(1 for q in queries if (q + 40) % 80 not in queries)  # the query's twin is a retrieval item
+    assert report["success"] and report["warnings"] == [
+        f"{twins} of the 8 queries have an exact duplicate (same image, same captions) in the retrieval set, e.g. item "
+        f"{min(q for q in queries if (q + 40) % 80 not in queries)}; each finds itself, which inflates mAP (for your own "
+        "data, dataset.byo.deduplicate: true drops duplicates)"]
+    assert "warning: " in capsys.readouterr().out
+    deduplicated = validate_params({**params, "dataset": {**params["dataset"], "byo": {"deduplicate": True}}})
+    stages.prepare(deduplicated, layout, progress=False)
+    with PreparedData(layout.prepared("byo")) as data:
+        assert data.summary["duplicate_pairs_dropped"] == 40 and data.n_items == 40
+    assert stages.validate(deduplicated, layout)["warnings"] == []

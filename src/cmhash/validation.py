@@ -220,6 +220,27 @@ def _plain(value: Any) -> Any:
     return value.item() if isinstance(value, np.generic) else value
 
 
+def duplicate_query_warnings(data: PreparedData) -> list[str]:
+    """Queries with an exact duplicate (the same image and the same captions) in the retrieval set:
+    such a query finds itself, which inflates mAP. A warning, not a failure: real collections hold
+    duplicates; ``dataset.byo.deduplicate`` drops them."""
+    import hashlib
+
+    if data.stores_pixels:
+        images = [hashlib.md5(data.images[i].tobytes()).hexdigest() for i in range(data.n_items)]
+    else:
+        images = data.image_paths
+    keys = [(image, tuple(sorted(texts))) for image, texts in zip(images, data.texts_by_item())]
+    inside = lambda rows: [int(i) for i in rows if 0 <= i < len(keys)]  # noqa: E731 (out-of-range ids fail elsewhere)
+    retrieval = {keys[i] for i in inside(data.splits.get("retrieval", []))}
+    duplicated = [i for i in inside(data.splits.get("query", [])) if keys[i] in retrieval]
+    if not duplicated:
+        return []
+    return [f"{len(duplicated)} of the {len(data.splits['query'])} queries have an exact duplicate (same image, same "
+            f"captions) in the retrieval set, e.g. item {duplicated[0]}; each finds itself, which inflates mAP "
+            "(for your own data, dataset.byo.deduplicate: true drops duplicates)"]
+
+
 def validate_prepared(prepared_path: Path, report_path: Path, dataset: dict[str, Any]) -> dict[str, Any]:
     """Validate a prepared file against the ``dataset`` parameters; write the JSON report; raise
     ValidationFailed on any failure."""
@@ -230,10 +251,13 @@ def validate_prepared(prepared_path: Path, report_path: Path, dataset: dict[str,
         expected = expected_counts(dataset, data.summary, data.labels.shape[1])
         outcomes = run_checks(build_checks(data, expected, protocol))
         summary, split = data.summary, data.split_record
+        warnings = duplicate_query_warnings(data)
     failed = [o for o in outcomes if not o["success"]]
     report = {"prepared": str(prepared_path), "success": not failed, "evaluated": len(outcomes), "failed": len(failed),
-              "source_summary": summary, "split": split, "expectations": outcomes}
+              "source_summary": summary, "split": split, "warnings": warnings, "expectations": outcomes}
     write_json(report_path, report)
+    for warning in warnings:
+        print(f"warning: {prepared_path}: {warning}")
     if failed:
         lines = [f"{prepared_path}: {len(failed)} of {len(outcomes)} data expectations failed:"]
         for o in failed:

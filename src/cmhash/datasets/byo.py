@@ -25,12 +25,16 @@ from typing import Any
 import numpy as np
 
 from cmhash.datasets.source import SourceData, multi_hot, source_root, too_many_pixels
-from cmhash.params import Section
 from cmhash.errors import CmhashError
+from cmhash.params import Section
 
 PAIRS_FILES = ("pairs.jsonl", "pairs.csv")
+
+
 class Options(Section):
-    """``dataset.byo`` takes no options: the pairs file says everything."""
+    """``dataset.byo``."""
+
+    deduplicate: bool = False  # drop a pair whose image and captions an earlier pair already has
 
 
 CSV_COLUMNS = ("image", "text", "labels")
@@ -142,6 +146,12 @@ def labels_matrix(pairs: list[Pair]) -> tuple[np.ndarray, list[str]]:
 def build(dataset: dict[str, Any], progress: bool) -> SourceData:
     root = source_root(dataset)
     pairs = read_pairs(root)
+    first_of = {}
+    for pair in pairs:
+        first_of.setdefault((pair.image, tuple(sorted(pair.texts))), pair)
+    duplicates = len(pairs) - len(first_of)
+    if dataset["byo"]["deduplicate"]:
+        pairs = list(first_of.values())
     check_images_decode(root, pairs, progress, dataset["max_image_pixels"])
     labels, names = labels_matrix(pairs)
     return SourceData(
@@ -149,7 +159,8 @@ def build(dataset: dict[str, Any], progress: bool) -> SourceData:
         texts=[text for pair in pairs for text in pair.texts],
         text_item=np.repeat(np.arange(len(pairs)), [len(pair.texts) for pair in pairs]),
         image_paths=[pair.image for pair in pairs], image_root=str(root),
-        summary={"pairs": len(pairs), "captions": sum(len(pair.texts) for pair in pairs)},
+        summary={"pairs": len(pairs), "captions": sum(len(pair.texts) for pair in pairs),
+                 ("duplicate_pairs_dropped" if dataset["byo"]["deduplicate"] else "duplicate_pairs"): duplicates},
     )
 
 
