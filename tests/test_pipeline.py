@@ -57,6 +57,11 @@ def test_dvc_repro_end_to_end(dvc_project):
     # evaluate follows through the codes it reads; check-params checks every change (its output stays the same)
     assert stale == {"check-params", "train@djsrh-16", "train@djsrh-32"}
 
+    with open(dvc_project / "src" / "cmhash" / "stages.py", "a") as source:  # code every stage runs
+        source.write("\n# an edit\n")
+    stale = set(json.loads(_run(["dvc", "status", "--json"], dvc_project)))
+    assert {f"train@{method}-{bits}" for method in ("lsh", "djsrh", "dcmht", "clipmh") for bits in (16, 32)} <= stale
+
 
 def test_validate_failure_stops_dvc_before_encode(dvc_project):
     import h5py

@@ -76,7 +76,7 @@ def write_codes(path: Path, method: str, bits: int, codes: dict[str, SplitCodes]
 
 def check_codes_made_from(path: Path, prepared_path: Path) -> None:
     """The codes' items and splits are those of the prepared file as it is now."""
-    from cmhash.features import file_md5
+    from cmhash.checksums import file_md5
 
     with h5py.File(path, "r") as f:
         made_from = f.attrs.get("prepared_md5")

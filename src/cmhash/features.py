@@ -17,12 +17,12 @@ the same bytes as an uninterrupted one. One encode at a time may write an output
 from __future__ import annotations
 
 import fcntl
-import hashlib
 import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import h5py
 import numpy as np
@@ -30,9 +30,12 @@ from tqdm import tqdm
 
 from cmhash import __version__
 from cmhash.atomic import atomic_path
+from cmhash.checksums import file_md5
 from cmhash.datasets.prepared import PreparedData
-from cmhash.encoders import Encoder
 from cmhash.errors import CmhashError
+
+if TYPE_CHECKING:
+    from cmhash.encoders import Encoder
 
 
 @dataclass
@@ -188,14 +191,6 @@ def _write_final(partial: Path, out_path: Path, attrs: dict) -> None:
                 target[start:start + 8192] = rows[start:start + 8192]
         for key in sorted(attrs):
             f.attrs[key] = attrs[key]
-
-
-def file_md5(path: Path, block: int = 1 << 24) -> str:
-    digest = hashlib.md5()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(block):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _store(f: h5py.File, name: str, start: int, rows: np.ndarray, total: int) -> None:
