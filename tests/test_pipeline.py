@@ -33,9 +33,9 @@ def test_dvc_repro_end_to_end(dvc_project):
             assert sorted(values) == sorted(directions)
             for direction in directions:
                 scores = values[direction]
-                for key in ("map_all", "map_50", "map_1000"):
+                for key in ("map_all", "map_50", "map_1000", "map_5000"):
                     assert 0 <= scores[key] <= 1 and 0 <= scores["ties_average"][key] <= 1
-                assert set(scores["dcmht_refactor"]) == {"map_50", "map_1000"}
+                assert set(scores["dcmht_refactor"]) == {"map_50", "map_1000", "map_5000"}
     results = (dvc_project / "reports/results.md").read_text()
     assert "| dcmht |" in results and "pair→pair 32" in results and "## mAP@50, cross-modal retrieval" in results
     fake_vega = dvc_project / "fake_vega"
