@@ -31,8 +31,7 @@ from prefect.futures import wait
 
 from cmhash.errors import CmhashError
 from cmhash.metrics_diff import diff_metrics, metrics_at, regressions, render_diff, table_records
-from cmhash.orchestration.experiments import (experiment_names, name_for_run, previous_experiment, push_experiment,
-                                              save_experiment)
+from cmhash.orchestration.experiments import experiment_names, name_for_run, previous_experiment, push_experiment, save_experiment
 from cmhash.orchestration.graph import read_pipeline
 from cmhash.orchestration.tasks import run_stage, stage_task_runner
 from cmhash.orchestration.workspace import check_clone, exclusive_workspace, params_for_run

@@ -24,7 +24,6 @@ def test_missing_params_file_is_a_clear_error(tmp_path, capsys):
 
 def test_unknown_dataset_is_a_clear_error(tmp_path, capsys):
     import yaml
-
     from conftest import tiny_params
 
     params = tiny_params()
@@ -36,7 +35,6 @@ def test_unknown_dataset_is_a_clear_error(tmp_path, capsys):
 
 def test_from_dvc_stage_checks_the_stage_name(tmp_path, capsys, monkeypatch):
     import yaml
-
     from conftest import tiny_params
 
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(tiny_params()))

@@ -10,8 +10,8 @@ from cmhash import stages
 from cmhash.codes import read_codes
 from cmhash.datasets.prepared import PreparedData
 from cmhash.errors import CmhashError
+from cmhash.finetune import prefetched, warmup_cosine
 from cmhash.methods import load_model
-from cmhash.methods.dcmht import prefetched, warmup_cosine
 
 
 def test_warmup_then_cosine_schedule():

@@ -59,19 +59,19 @@ def test_djsrh_affinity_and_loss_match_the_formula_by_hand():
 def test_methods_fit_encode_save_load(tmp_path, name, settings):
     image, text, labels = _features(with_labels=True)
     method = build_method(name, 8, settings, seed=1, device="cpu").fit(image, text, labels=labels)
-    if getattr(method, "fused", False):
-        codes = (method.encode_pairs(image, text),)
+    if method.fused:
+        codes = (method.encode(images=image, texts=text),)
     else:
-        codes = method.encode_images(image), method.encode_texts(text)
+        codes = method.encode(images=image), method.encode(texts=text)
     for c in codes:
         assert c.shape == (40, 8) and c.dtype == np.int8 and set(np.unique(c)) <= {-1, 1}
     assert all(np.isfinite(loss) for loss in getattr(method, "history", []))
     again = build_method(name, 8, settings, seed=1, device="cpu").fit(image, text, labels=labels)
-    first_again = again.encode_pairs(image, text) if getattr(method, "fused", False) else again.encode_images(image)
+    first_again = again.encode(images=image, texts=text) if method.fused else again.encode(images=image)
     assert np.array_equal(first_again, codes[0])  # seeded: reproducible
     save_model(tmp_path / "model.pt", name, method, settings, seed=1)
     loaded = load_model(tmp_path / "model.pt", device="cpu")
-    last_loaded = loaded.encode_pairs(image, text) if getattr(method, "fused", False) else loaded.encode_texts(text)
+    last_loaded = loaded.encode(images=image, texts=text) if method.fused else loaded.encode(texts=text)
     assert np.array_equal(last_loaded, codes[-1])
 
 
@@ -90,7 +90,7 @@ def test_djsrh_loss_decreases():
 def test_aligned_baselines_share_one_projection():
     image, _ = _features()
     method = build_method("lsh", 8, {}, device="cpu").fit(image, image.copy(), aligned=True)
-    assert np.array_equal(method.encode_images(image), method.encode_texts(image))
+    assert np.array_equal(method.encode(images=image), method.encode(texts=image))
 
 
 def test_unknown_method_and_setting_are_clear_errors():
@@ -229,7 +229,7 @@ def test_codes_do_not_depend_on_the_signs_lapack_gives_singular_vectors(method, 
     def fit_codes():
         model = build_method(method, 8, {"iterations": 5}, seed=0)
         model.fit(images, texts)
-        return model.encode_images(images), model.encode_texts(texts)
+        return model.encode(images=images), model.encode(texts=texts)
 
     expected = fit_codes()
     svd = np.linalg.svd
@@ -274,9 +274,9 @@ def test_ucmfh_nt_xent_by_hand_and_codes_do_not_depend_on_the_batch():
     image, text = _features()
     settings = {"width": 8, "heads": 2, "feedforward": 16, "hidden": 16, "epochs": 2, "batch_size": 8}
     method = build_method("ucmfh", 8, settings, device="cpu").fit(image, text)
-    whole = method.encode_images(image)
-    assert np.array_equal(np.vstack([method.encode_images(image[i:i + 1]) for i in range(5)]), whole[:5])
-    assert np.array_equal(method.encode_texts(text[7:9]), method.encode_texts(text)[7:9])
+    whole = method.encode(images=image)
+    assert np.array_equal(np.vstack([method.encode(images=image[i:i + 1]) for i in range(5)]), whole[:5])
+    assert np.array_equal(method.encode(texts=text[7:9]), method.encode(texts=text)[7:9])
 
 
 def test_training_again_gives_identical_files(project):
@@ -356,3 +356,17 @@ def test_collapsed_codes_are_reported(project):
     stages.report(params, layout)
     assert f"## Warnings\n\nCodes that carry little information (see train.json of each model):\n\n- djsrh 16 bits: {warnings[0]}" \
         in layout.results_report().read_text()
+
+
+def test_every_method_keeps_the_contract():
+    """Each method is a HashingMethod that declares its kind; encode takes what that kind codes."""
+    from cmhash.methods import HashingMethod, method_class
+    from cmhash.methods.registry import METHODS
+
+    image, text, labels = _features(with_labels=True)
+    for name, settings in SMOKE:
+        assert issubclass(method_class(name), HashingMethod)
+        method = build_method(name, 8, settings, device="cpu").fit(image, text, labels=labels)
+        with pytest.raises(ValueError, match="give both images and texts" if method.fused else "give images or texts"):
+            method.encode(images=image) if method.fused else method.encode(images=image, texts=text)
+    assert {name for name, _ in SMOKE} == set(METHODS)

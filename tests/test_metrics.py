@@ -13,7 +13,6 @@ import pytest
 from cmhash import metrics
 from cmhash.metrics import retrieval
 
-
 # ----------------------------------------------------------------------------- references
 
 def _distances(code, retrieval):

@@ -14,8 +14,7 @@ from cmhash.errors import CmhashError
 from cmhash.orchestration.devices import gpu_lease
 from cmhash.orchestration.experiments import name_for_run
 from cmhash.orchestration.stage_process import StageFailed, outcome_of, stage_error
-from cmhash.orchestration.workspace import (active_dvc_processes, check_clone, exclusive_workspace, override_arguments,
-                                            params_for_run)
+from cmhash.orchestration.workspace import active_dvc_processes, check_clone, exclusive_workspace, override_arguments, params_for_run
 
 
 @pytest.fixture

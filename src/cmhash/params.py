@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
 from cmhash.errors import CmhashError
 
+
 class Section(BaseModel):
     """A mapping of params.yaml: no unknown keys, no type coercion (``'0.001'`` is not a number),
     no NaN or infinity."""

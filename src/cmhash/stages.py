@@ -7,7 +7,6 @@ and writes its outputs there atomically.
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +62,7 @@ def train(params: dict[str, Any], layout: Layout, method: str, bits: int, progre
     from cmhash.datasets.prepared import PreparedData
     from cmhash.features import check_made_from, read_features
     from cmhash.methods import build_method, check_method_and_bits, save_model
+    from cmhash.training import fit_end_to_end, fit_on_features
 
     check_method_and_bits(method, bits)  # before reading anything
     name = params["dataset"]["name"]
@@ -75,8 +75,9 @@ def train(params: dict[str, Any], layout: Layout, method: str, bits: int, progre
         splits, labels = data.splits, data.labels
     train_idx = splits["train"]
     out_dir = layout.model_dir(method, bits)
-    if getattr(model, "end_to_end", False):  # trains the encoder towers too: reads pixels and captions
-        codes, seconds = _fit_end_to_end(params, layout, model, splits, labels)
+    if model.end_to_end:  # trains the encoder towers too: reads pixels and captions
+        codes, seconds = fit_end_to_end(model, layout.prepared(name), {**params["encode"], "device": params["train"]["device"]},
+                                        seed, splits, labels)
     else:
         codes, seconds = fit_on_features(model, features, splits, labels)
     save_model(out_dir / "model.pt", method, model, settings, seed)
@@ -93,61 +94,12 @@ def train(params: dict[str, Any], layout: Layout, method: str, bits: int, progre
     return out_dir
 
 
-def fit_on_features(model, features, splits, labels):
-    """Fit on the ``train`` rows' features (and labels); the codes of the ``query`` and ``retrieval``
-    rows; fit seconds. ``cmhash tune`` calls it with a validation split in place of the query set."""
-    started = time.perf_counter()
-    train_idx = splits["train"]
-    model.fit(features.images[train_idx], features.texts[train_idx], labels=labels[train_idx], aligned=features.aligned)
-    seconds = time.perf_counter() - started
-    return {split: _encode_rows(model, features, splits[split]) for split in ("query", "retrieval")}, seconds
-
-
-def _encode_rows(model, features, rows):
-    """The codes of the items ``rows`` from their features: per modality, or per pair for fused codes."""
-    from cmhash.codes import SplitCodes
-
-    if getattr(model, "fused", False):  # one code per image-text pair
-        return SplitCodes(rows, pairs=model.encode_pairs(features.images[rows], features.texts[rows]))
-    return SplitCodes(rows, images=model.encode_images(features.images[rows]), texts=model.encode_texts(features.texts[rows]))
-
-
-def _fit_end_to_end(params, layout, model, splits, labels):
-    """Fit a method that fine-tunes the open_clip towers of ``encode.open_clip`` on the train split's
-    pixels and captions; encode the query and retrieval splits through them; fit seconds."""
-    import torch
-
-    from cmhash.codes import SplitCodes
-    from cmhash.datasets.prepared import PreparedData
-    from cmhash.encoders import build_encoder
-    from cmhash.errors import CmhashError
-
-    if params["encode"]["backend"] != "open_clip":
-        raise CmhashError("params.yaml: fine-tuning (methods.dcmht.mode: finetune) trains the open_clip towers; set "
-                          "encode.backend: open_clip, or use mode: frozen.")
-    path = layout.prepared(params["dataset"]["name"])
-    with PreparedData(path) as data:
-        if len(data.texts) == 0:
-            raise CmhashError(f"{path}: fine-tuning needs captions, and this dataset's text is only a bag of words; "
-                              "use methods.dcmht.mode: frozen.")
-        torch.manual_seed(params["train"]["seed"])  # reproducible towers even without pretrained weights
-        towers = build_encoder({**params["encode"], "device": params["train"]["device"]})
-        started = time.perf_counter()
-        model.fit_end_to_end(data, towers, splits["train"], labels[splits["train"]])
-        seconds = time.perf_counter() - started
-        codes = {}
-        for split in ("query", "retrieval"):
-            images, texts = model.encode_items(data, splits[split])
-            codes[split] = SplitCodes(splits[split], images=images, texts=texts)
-    return codes, seconds
-
-
 def evaluate(params: dict[str, Any], layout: Layout, method: str, bits: int, progress: bool = True) -> dict[str, Any]:
     """I->T and T->I retrieval metrics and curves for one trained method and code length."""
     from cmhash.codes import check_codes_made_from, collapse_warnings, read_codes, retrieval_directions
     from cmhash.datasets.prepared import PreparedData
-    from cmhash.metrics import evaluate_retrieval
     from cmhash.methods import check_method_and_bits
+    from cmhash.metrics import evaluate_retrieval
 
     check_method_and_bits(method, bits)
     settings = params["evaluate"]

@@ -115,7 +115,7 @@ def _fit_and_score(model, features, labels, fit_rows, validation_rows) -> dict[s
     """Fit on ``fit_rows``; mAP@all and mAP@50 of the validation items against the fitted items."""
     from cmhash.codes import retrieval_directions
     from cmhash.metrics import evaluate_retrieval
-    from cmhash.stages import fit_on_features
+    from cmhash.training import fit_on_features
 
     codes, seconds = fit_on_features(model, features, {"train": fit_rows, "query": validation_rows, "retrieval": fit_rows}, labels)
     directions = retrieval_directions(codes["query"], codes["retrieval"])

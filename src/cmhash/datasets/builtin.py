@@ -23,8 +23,8 @@ from dataclasses import dataclass
 from typing import Annotated, Any
 
 import numpy as np
-from pydantic import Field
 from PIL import Image, ImageDraw
+from pydantic import Field
 from tqdm import tqdm
 
 from cmhash.datasets.source import SourceData

@@ -25,8 +25,9 @@ import numpy as np
 from pydantic import Field
 
 from cmhash.datasets.source import SourceData, check_images_exist, multi_hot, source_root
-from cmhash.params import Section
 from cmhash.errors import CmhashError
+from cmhash.params import Section
+
 
 class Options(Section):
     """``dataset.coco``."""

@@ -24,8 +24,9 @@ import numpy as np
 from cmhash.datasets.dcmh_mat import label_names, read_labels
 from cmhash.datasets.matfile import pick_variable, read_strings
 from cmhash.datasets.source import SourceData, check_images_exist, source_root
-from cmhash.params import Section
 from cmhash.errors import CmhashError
+from cmhash.params import Section
+
 
 class Options(Section):
     """``dataset.dcmht_mat``: the three files' names, and the label names (the files hold none)."""

@@ -25,8 +25,8 @@ import numpy as np
 from pydantic import Field
 
 from cmhash.datasets.source import SourceData, source_root
-from cmhash.params import Section
 from cmhash.errors import CmhashError
+from cmhash.params import Section
 
 IMAGES = "mirflickr"
 TAGS = "mirflickr/meta/tags"

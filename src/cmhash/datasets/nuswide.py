@@ -29,8 +29,8 @@ from pydantic import Field
 from tqdm import tqdm
 
 from cmhash.datasets.source import SourceData, check_images_exist, source_root
-from cmhash.params import Section
 from cmhash.errors import CmhashError
+from cmhash.params import Section
 
 IMAGE_LIST = "ImageList/Imagelist.txt"
 LABELS = "Groundtruth/AllLabels"

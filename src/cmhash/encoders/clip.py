@@ -14,6 +14,7 @@ import numpy as np
 
 from cmhash.device import resolve_device
 from cmhash.errors import CmhashError
+from cmhash.finetune import autocast
 
 
 class OpenClipEncoder:
@@ -71,15 +72,10 @@ class OpenClipEncoder:
             open_clip.add_model_config(folder)
         return cls(model=spec["model"], pretrained=None, device=device)
 
-    def _autocast(self):
-        torch = self._torch
-        enabled = self.device.startswith("cuda")
-        return torch.autocast(device_type="cuda" if enabled else "cpu", dtype=torch.float16, enabled=enabled)
-
     def encode_images(self, images: list) -> np.ndarray:
         torch = self._torch
         batch = torch.stack([self.preprocess(img.convert("RGB")) for img in images]).to(self.device)
-        with torch.inference_mode(), self._autocast():
+        with torch.inference_mode(), autocast(self.device):
             return self.model.encode_image(batch).float().cpu().numpy()
 
     @property
@@ -94,5 +90,5 @@ class OpenClipEncoder:
     def encode_texts(self, texts: list[str]) -> np.ndarray:
         torch = self._torch
         tokens = self.tokenizer(list(texts)).to(self.device)
-        with torch.inference_mode(), self._autocast():
+        with torch.inference_mode(), autocast(self.device):
             return self.model.encode_text(tokens).float().cpu().numpy()

@@ -1,20 +1,21 @@
-"""Hashing methods: a registry of estimators with one small interface (scikit-learn style).
+"""Hashing methods: a registry of estimators with one contract (scikit-learn style), :class:`HashingMethod`.
 
 Every method is a class ``Method(bits, seed=0, device="auto", **settings)`` with::
 
     fit(image_features, text_features, labels=None, aligned=False) -> self
-    encode_images(features) -> np.ndarray   # (n, bits) int8 in {-1, +1}
-    encode_texts(features) -> np.ndarray
-    state_dict() -> dict                    # everything needed to encode again
+    encode(images=None, texts=None) -> np.ndarray   # (n, bits) int8 in {-1, +1}
+    state_dict() -> dict                            # tensors and plain values: everything to encode again
     load_state_dict(state) -> None
 
-``settings`` are the method's entry under ``methods.<name>`` in params.yaml. ``aligned`` says whether
-the two feature spaces are one space (CLIP); baselines use it to share one projection.
+and declares what it is: ``supervised`` (fit needs the labels), ``fused`` (one code per image-text
+pair: ``encode`` takes both; otherwise one modality at a time) and ``end_to_end`` (it trains the
+encoder towers too). ``settings`` are the method's entry under ``methods.<name>`` in params.yaml;
+``aligned`` says whether the two feature spaces are one space (CLIP); baselines use it to share one
+projection.
 
-A method that trains its encoder towers too (DCMHT's ``mode: finetune``) sets ``end_to_end = True``
-and provides instead ``fit_end_to_end(items, towers, rows, labels)`` and
-``encode_items(items, rows) -> (image codes, text codes)``, where ``items`` is the prepared dataset
-(pixels and captions) and ``towers`` the open_clip encoder of ``encode.open_clip``.
+An end-to-end method (DCMHT's ``mode: finetune``) provides ``fit_end_to_end(items, towers, rows,
+labels)`` and ``encode_items(items, rows) -> (image codes, text codes)`` instead, where ``items`` is
+the prepared dataset (pixels and captions) and ``towers`` the open_clip encoder of ``encode.open_clip``.
 Adding a method is one new module plus one line in ``registry.METHODS``. A method module imports
 only the shared modules (this package, ``network``, ``projection``), never another method's module:
 dvc.yaml makes each train stage depend on exactly those files (not on the registry), so adding or
@@ -26,8 +27,9 @@ from __future__ import annotations
 import importlib
 import inspect
 import io
+from abc import ABC, abstractmethod
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 
@@ -35,17 +37,42 @@ from cmhash.errors import CmhashError
 from cmhash.methods.registry import METHODS
 
 
-class HashingMethod(Protocol):
+class HashingMethod(ABC):
+    """The contract of every hashing method (see the module docstring)."""
+
+    supervised = False  # fit needs the training labels
+    fused = False  # one code per image-text pair, instead of one per modality
+    end_to_end = False  # trains the encoder towers too (fit_end_to_end / encode_items)
     bits: int
 
-    def fit(self, image_features: np.ndarray, text_features: np.ndarray, labels: np.ndarray | None = None, aligned: bool = False) -> "HashingMethod": ...
+    @abstractmethod
+    def fit(self, image_features: np.ndarray, text_features: np.ndarray, labels: np.ndarray | None = None,
+            aligned: bool = False) -> "HashingMethod": ...
 
-    def encode_images(self, features: np.ndarray) -> np.ndarray: ...
+    def encode(self, images: np.ndarray | None = None, texts: np.ndarray | None = None) -> np.ndarray:
+        """The codes of image features, of text features, or (fused methods) of image-text pairs."""
+        if self.fused:
+            if images is None or texts is None:
+                raise ValueError(f"{type(self).__name__} codes image-text pairs: give both images and texts")
+            return self.encode_pairs(images, texts)
+        if (images is None) == (texts is None):
+            raise ValueError(f"{type(self).__name__} codes one modality at a time: give images or texts")
+        return self.encode_images(images) if images is not None else self.encode_texts(texts)
 
-    def encode_texts(self, features: np.ndarray) -> np.ndarray: ...
+    # what encode calls; a method implements those its kind uses
+    def encode_images(self, features: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
 
+    def encode_texts(self, features: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def encode_pairs(self, image_features: np.ndarray, text_features: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    @abstractmethod
     def state_dict(self) -> dict[str, Any]: ...
 
+    @abstractmethod
     def load_state_dict(self, state: dict[str, Any]) -> None: ...
 
 

@@ -44,6 +44,7 @@ import numpy as np
 from tqdm import tqdm
 
 from cmhash.errors import CmhashError
+from cmhash.finetune import autocast, prefetched, warmup_cosine
 from cmhash.methods import to_codes
 from cmhash.methods.network import NetworkHash, end_epoch, label_similarity
 
@@ -157,7 +158,7 @@ class DCMHT(NetworkHash):
             # pixels and tokens of the next batch are prepared in a background thread while this one trains
             for index, (pixels, tokens) in prefetched([index for index in batch_indices if len(index) >= 2],
                                                       lambda index: self._batch_inputs(items, rows[index], captions, caption_rng)):
-                with self._autocast():
+                with autocast(self.device):
                     image_features, text_features = self._tower_outputs(pixels, tokens)
                     loss = self._loss(self.nets["image"](image_features.float()), self.nets["text"](text_features.float()),
                                       label_tensor[torch.as_tensor(index, device=self.device)])
@@ -176,13 +177,6 @@ class DCMHT(NetworkHash):
         """Take the model, preprocessing, tokenizer and architecture of an open_clip encoder."""
         self.towers, self._preprocess, self._tokenizer = towers.model.to(self.device), towers.preprocess, towers.tokenizer
         self.towers_spec = towers.spec()
-
-    def _autocast(self):
-        """fp16 autocast on CUDA; a no-op context on the CPU."""
-        import torch
-
-        cuda = self.device.startswith("cuda")
-        return torch.autocast(device_type="cuda" if cuda else "cpu", dtype=torch.float16, enabled=cuda)
 
     def _batch_inputs(self, items, item_rows, captions, caption_rng):
         """CPU side of a batch of items ``item_rows``: pixels through the encoder's preprocessing and
@@ -216,7 +210,7 @@ class DCMHT(NetworkHash):
         self.towers.eval()
         self.nets.eval()
         captions, images, texts = items.texts_by_item(), [], []
-        with torch.inference_mode(), self._autocast():
+        with torch.inference_mode(), autocast(self.device):
             chunks = [item_rows[start:start + chunk] for start in range(0, len(item_rows), chunk)]
             for _, inputs in tqdm(prefetched(chunks, lambda rows: self._batch_inputs(items, rows, captions, None)),
                                   total=len(chunks), desc="DCMHT finetune encoding", unit="chunk", disable=not self.progress):
@@ -239,34 +233,3 @@ class DCMHT(NetworkHash):
             towers = OpenClipEncoder.from_spec(state["towers"]["spec"], device=self.device)
             towers.model.load_state_dict(state["towers"]["weights"])
             self._attach_towers(towers)
-
-
-def prefetched(batches: list, prepare):
-    """Yield ``(batch, prepare(batch))`` in order, preparing the next batch in a background thread
-    while the caller works on the current one (image decoding and preprocessing release the GIL).
-    One worker, so ``prepare`` runs in batch order and a seeded draw inside it stays reproducible."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        pending = None
-        for batch in batches:
-            future = pool.submit(prepare, batch)
-            if pending is not None:
-                yield pending[0], pending[1].result()
-            pending = (batch, future)
-        if pending is not None:
-            yield pending[0], pending[1].result()
-
-
-def warmup_cosine(total_steps: int, warmup: float):
-    """The learning-rate factor at each step: linear from 0 to 1 over the first ``warmup`` share of
-    the steps, then a cosine decay to 0 (DCMHT's schedule)."""
-    warmup_steps = max(1, int(round(warmup * total_steps)))
-
-    def factor(step: int) -> float:
-        if step < warmup_steps:
-            return (step + 1) / warmup_steps
-        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
-        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-
-    return factor

@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from cmhash.device import resolve_device
 from cmhash.errors import CmhashError
-from cmhash.methods import to_codes
+from cmhash.methods import HashingMethod, to_codes
 
 ENCODE_CHUNK = 4096
 
@@ -89,11 +89,9 @@ class Standardize(nn.Module):
         return (x - self.mean) / self.std
 
 
-class NetworkHash:
+class NetworkHash(HashingMethod):
     """Base of the deep methods (see the module docstring for what a subclass provides)."""
 
-    supervised = False  # True: fit needs the training labels
-    fused = False  # True: one code per image-text pair (encode_pairs) instead of one per modality
     rate_setting = "lr"  # the learning-rate setting an error names when the loss diverges
 
     def __init__(self, bits: int, seed: int, device: str, epochs: int, batch_size: int, progress: bool):

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from cmhash.methods import to_codes
+from cmhash.methods import HashingMethod, to_codes
 
 _STATE_KEYS = ("image_centre", "text_centre", "image_projection", "text_projection")
 
 
-class LinearProjectionHash:
+class LinearProjectionHash(HashingMethod):
     """Base of LSH and ITQ: subclasses set the four arrays in ``fit``."""
 
     def __init__(self, bits: int, seed: int = 0, device: str = "auto"):

@@ -34,7 +34,6 @@ from numba import njit, prange
 from cmhash.bitcodes import popcount
 from cmhash.codes import MAX_BITS
 
-
 # Bucket words and packed relevant items are int64: (items counted << 32) | (relevant counted << 8) | distance,
 # which is why codes are at most MAX_BITS = 255 bits long.
 MAX_RETRIEVAL = 2**24 - 1

@@ -30,8 +30,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from cmhash.metrics.kernel import RankStatistics, scan_rankings
 from cmhash.bitcodes import PackedCodes, pack_codes, pack_labels
+from cmhash.metrics.kernel import RankStatistics, scan_rankings
 from cmhash.metrics.ties import expected_average_precision, expected_hits_at
 
 TIES = ("index", "average")

@@ -58,13 +58,13 @@ def encode_text(encoder, model, recipe: dict[str, Any], text: str) -> EncodedQue
     from cmhash.features import normalise_rows
 
     notes = _text_notes(encoder, recipe, text)
-    return EncodedQuery(model.encode_texts(normalise_rows(encoder.encode_texts([text]))), notes)
+    return EncodedQuery(model.encode(texts=normalise_rows(encoder.encode_texts([text]))), notes)
 
 
 def encode_image(encoder, model, image) -> EncodedQuery:
     from cmhash.features import normalise_rows
 
-    return EncodedQuery(model.encode_images(normalise_rows(encoder.encode_images([image]))), [])
+    return EncodedQuery(model.encode(images=normalise_rows(encoder.encode_images([image]))), [])
 
 
 def encode_pair(encoder, model, recipe: dict[str, Any], image, text: str) -> EncodedQuery:
@@ -74,4 +74,4 @@ def encode_pair(encoder, model, recipe: dict[str, Any], image, text: str) -> Enc
     notes = _text_notes(encoder, recipe, text)
     image_features = normalise_rows(encoder.encode_images([image]))
     text_features = normalise_rows(encoder.encode_texts([text]))
-    return EncodedQuery(model.encode_pairs(image_features, text_features), notes)
+    return EncodedQuery(model.encode(images=image_features, texts=text_features), notes)
