@@ -46,7 +46,7 @@ from tqdm import tqdm
 from cmhash.errors import CmhashError
 from cmhash.finetune import autocast, prefetched, warmup_cosine
 from cmhash.methods import to_codes
-from cmhash.methods.network import NetworkHash, end_epoch, label_similarity
+from cmhash.methods.network import NetworkHash, label_similarity, minibatches
 
 MODES = ("frozen", "finetune")
 
@@ -93,6 +93,7 @@ class DCMHT(NetworkHash):
         self.hidden, self.quantization, self.lr, self.weight_decay = int(hidden), quantization, lr, weight_decay
         self.mode, self.clip_lr, self.warmup, self.grad_clip, self.max_words = mode, clip_lr, warmup, grad_clip, int(max_words)
         self.end_to_end = mode == "finetune"  # the train stage then calls fit_end_to_end / encode_items
+        self.rate_setting = "clip_lr" if self.end_to_end else "lr"  # what a diverging loss is blamed on
         self.towers = None  # the fine-tuned open_clip model (finetune mode), see _attach_towers
 
     def build_networks(self, image_dim, text_dim, label_dim):
@@ -149,28 +150,30 @@ class DCMHT(NetworkHash):
         scaler = torch.amp.GradScaler("cuda", enabled=cuda)
         generator = torch.Generator().manual_seed(self.seed)
         caption_rng = np.random.default_rng(self.seed)
+
+        def batches(epoch):
+            # pixels and tokens of the next batch are prepared in a background thread while this one trains
+            indices = [index.numpy() for index in minibatches(len(rows), self.batch_size, generator)]
+            return prefetched(indices, lambda index: self._batch_inputs(items, rows[index], captions, caption_rng))
+
+        def step(batch, epoch):
+            index, (pixels, tokens) = batch
+            with autocast(self.device):
+                image_features, text_features = self._tower_outputs(pixels, tokens)
+                loss = self._loss(self.nets["image"](image_features.float()), self.nets["text"](text_features.float()),
+                                  label_tensor[torch.as_tensor(index, device=self.device)])
+            optimizer.zero_grad()
+            scaler.scale(loss).backward()
+            scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
+            torch.nn.utils.clip_grad_norm_([*self.towers.parameters(), *self.nets.parameters()], self.grad_clip)
+            scaler.step(optimizer)
+            scaler.update()
+            schedule.step()
+            return loss.item()
+
         self.towers.train()
         self.nets.train()
-        for epoch in tqdm(range(self.epochs), desc=f"DCMHT finetune {self.bits} bits", unit="epoch", disable=not self.progress):
-            order = torch.randperm(len(rows), generator=generator).numpy()
-            batch_indices = [order[start:start + self.batch_size] for start in range(0, len(rows), self.batch_size)]
-            total, batches = 0.0, 0
-            # pixels and tokens of the next batch are prepared in a background thread while this one trains
-            for index, (pixels, tokens) in prefetched([index for index in batch_indices if len(index) >= 2],
-                                                      lambda index: self._batch_inputs(items, rows[index], captions, caption_rng)):
-                with autocast(self.device):
-                    image_features, text_features = self._tower_outputs(pixels, tokens)
-                    loss = self._loss(self.nets["image"](image_features.float()), self.nets["text"](text_features.float()),
-                                      label_tensor[torch.as_tensor(index, device=self.device)])
-                optimizer.zero_grad()
-                scaler.scale(loss).backward()
-                scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
-                torch.nn.utils.clip_grad_norm_([*self.towers.parameters(), *self.nets.parameters()], self.grad_clip)
-                scaler.step(optimizer)
-                scaler.update()
-                schedule.step()
-                total, batches = total + loss.item(), batches + 1
-            end_epoch(self, epoch, total, batches, "clip_lr")
+        self.train_epochs(batches, step)
         return self
 
     def _attach_towers(self, towers) -> None:

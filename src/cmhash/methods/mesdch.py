@@ -33,7 +33,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from cmhash.methods.network import NetworkHash, Standardize, end_epoch, mlp
+from cmhash.methods.network import NetworkHash, Standardize, minibatches, mlp
 
 EPSILON = 1e-5
 
@@ -86,10 +86,10 @@ class MESDCH(NetworkHash):
         return self.beta * kl(network) + kl("label") + self.gamma * quantization
 
     def fit(self, image_features, text_features, labels=None, aligned=False):
-        """MESDCH alternates its three networks, so it drives its own loop over the shared parts."""
+        """MESDCH alternates its three networks: its batches are each network's in turn, and a
+        network's step updates that network and its code buffer."""
         import numpy as np
         import torch
-        from tqdm import tqdm
 
         from cmhash.errors import CmhashError
 
@@ -105,23 +105,29 @@ class MESDCH(NetworkHash):
         with torch.no_grad():
             buffers = {name: self._codes(name, inputs[name]) for name in networks}
         generator = torch.Generator().manual_seed(self.seed)
-        self.nets.train()
-        for epoch in tqdm(range(self.epochs), desc=f"MESDCH {self.bits} bits", unit="epoch", disable=not self.progress):
+        binary = {}
+
+        def begin_epoch(epoch):
             for optimizer in optimizers.values():
                 for group in optimizer.param_groups:
                     group["lr"] = self._learning_rate(epoch)
-            binary = torch.sign(buffers["image"] + buffers["text"] + buffers["label"])
-            total, steps = 0.0, 0
-            for network in networks:
-                order = torch.randperm(n, generator=generator).to(self.device)
-                for start in range(0, n, self.batch_size):  # every batch, the last partial one included
-                    index = order[start:start + self.batch_size]
-                    codes = self._codes(network, inputs[network][index])
-                    loss = self.mesdch_loss(network, codes, inputs["label"][index], index, inputs["label"], buffers, binary)
-                    optimizers[network].zero_grad()
-                    loss.backward()
-                    optimizers[network].step()
-                    buffers[network][index] = codes.detach()
-                    total, steps = total + loss.item(), steps + 1
-            end_epoch(self, epoch, total, steps, "lr")
+            binary["codes"] = torch.sign(buffers["image"] + buffers["text"] + buffers["label"])
+
+        def batches(epoch):
+            for network in networks:  # every batch, the last partial one included
+                for index in minibatches(n, self.batch_size, generator, self.device, smallest=1):
+                    yield network, index
+
+        def step(batch, epoch):
+            network, index = batch
+            codes = self._codes(network, inputs[network][index])
+            loss = self.mesdch_loss(network, codes, inputs["label"][index], index, inputs["label"], buffers, binary["codes"])
+            optimizers[network].zero_grad()
+            loss.backward()
+            optimizers[network].step()
+            buffers[network][index] = codes.detach()
+            return loss.item()
+
+        self.nets.train()
+        self.train_epochs(batches, step, begin_epoch)
         return self

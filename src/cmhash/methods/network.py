@@ -48,6 +48,16 @@ def end_epoch(method, epoch: int, total: float, steps: int, rate_setting: str) -
     method.history.append(mean)
 
 
+def minibatches(n: int, batch_size: int, generator, device: str = "cpu", smallest: int = 2):
+    """Index tensors of a seeded shuffle of ``n`` items, ``batch_size`` at a time; a last batch of
+    fewer than ``smallest`` items is left out (similarities within a batch need two)."""
+    order = torch.randperm(n, generator=generator).to(device)
+    for start in range(0, n, batch_size):
+        index = order[start:start + batch_size]
+        if len(index) >= smallest:
+            yield index
+
+
 def mlp(in_dim: int, hidden: int, out_dim: int) -> nn.Sequential:
     """``in -> hidden -> out`` with a ReLU in between: the per-modality head of most methods."""
     return nn.Sequential(nn.Linear(in_dim, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, out_dim))
@@ -138,24 +148,36 @@ class NetworkHash(HashingMethod):
         self.fit_standardizers(images, texts)
         optimizers = self.make_optimizers()
         generator = torch.Generator().manual_seed(self.seed)
+
+        def batches(epoch):
+            for index in minibatches(len(images), self.batch_size, generator, self.device):
+                yield Batch(images[index], texts[index], None if label_tensor is None else label_tensor[index])
+
+        def step(batch, epoch):
+            loss = self.batch_loss(batch, epoch)
+            for optimizer in optimizers:
+                optimizer.zero_grad()
+            loss.backward()
+            for optimizer in optimizers:
+                optimizer.step()
+            return loss.item()
+
         self.nets.train()
-        for epoch in tqdm(range(self.epochs), desc=f"{type(self).__name__} {self.bits} bits", unit="epoch", disable=not self.progress):
-            order = torch.randperm(len(images), generator=generator).to(self.device)
-            total, batches = 0.0, 0
-            for start in range(0, len(images), self.batch_size):
-                index = order[start:start + self.batch_size]
-                if len(index) < 2:  # similarities within a batch need at least two items
-                    continue
-                batch = Batch(images[index], texts[index], None if label_tensor is None else label_tensor[index])
-                loss = self.batch_loss(batch, epoch)
-                for optimizer in optimizers:
-                    optimizer.zero_grad()
-                loss.backward()
-                for optimizer in optimizers:
-                    optimizer.step()
-                total, batches = total + loss.item(), batches + 1
-            end_epoch(self, epoch, total, batches, self.rate_setting)
+        self.train_epochs(batches, step)
         return self
+
+    def train_epochs(self, batches, step, begin_epoch=None) -> None:
+        """The training loop every deep method runs: for each epoch, ``begin_epoch(epoch)`` (say,
+        a learning-rate schedule), then ``step(batch, epoch) -> loss`` on every batch of
+        ``batches(epoch)``; the epoch's mean loss goes to ``history`` (or stops training if it is
+        no longer a number); a progress bar on a terminal."""
+        for epoch in tqdm(range(self.epochs), desc=f"{type(self).__name__} {self.bits} bits", unit="epoch", disable=not self.progress):
+            if begin_epoch is not None:
+                begin_epoch(epoch)
+            total, steps = 0.0, 0
+            for batch in batches(epoch):
+                total, steps = total + step(batch, epoch), steps + 1
+            end_epoch(self, epoch, total, steps, self.rate_setting)
 
     def fit_standardizers(self, images, texts) -> None:
         """Set the statistics of every ``image``/``text`` network that starts with a Standardize layer."""
