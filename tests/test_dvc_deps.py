@@ -81,15 +81,17 @@ def _closure(files: set[str]) -> set[str]:
 
 
 @pytest.fixture(scope="module")
-def closures(tmp_path_factory):
-    """{stage name as in dvc.yaml: closure} for a run of every stage on tiny data."""
+def closures(tmp_path_factory, clip_config):
+    """{stage name as in dvc.yaml: closure} for a run of every stage on tiny data (encode with
+    either backend)."""
     params = tiny_params()
     params["train"]["methods"], params["train"]["bits"] = METHODS, [16]
     layout = Layout(tmp_path_factory.mktemp("closures"))
     runs = {"check-params": _executed(stages.check_params, params, layout),
             "prepare": _executed(stages.prepare, params, layout, False),
-            "validate": _executed(stages.validate, params, layout),
-            "encode": _executed(stages.encode, params, layout, False)}
+            "validate": _executed(stages.validate, params, layout)}
+    clip = tiny_params(clip_config)
+    runs["encode"] = _executed(stages.encode, clip, layout, False) | _executed(stages.encode, params, layout, False)
     for method in METHODS:
         runs[f"train@{method}-16"] = _executed(stages.train, params, layout, method, 16, False)
         runs[f"evaluate@{method}-16"] = _executed(stages.evaluate, params, layout, method, 16, False)
