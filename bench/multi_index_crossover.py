@@ -19,16 +19,7 @@ from pathlib import Path
 
 import numpy as np
 from machine import describe_machine
-from search_at_scale import fastest, random_packed_codes
-
-
-def one_query_ms(index, queries, k) -> float:
-    times = []
-    for query in queries:
-        started = time.perf_counter()
-        index.search(query[None, :], k)
-        times.append(time.perf_counter() - started)
-    return round(float(np.median(times)) * 1000, 3)
+from search_at_scale import fastest, random_packed_codes, single_query_latencies
 
 
 def main(argv=None) -> int:
@@ -59,8 +50,8 @@ def main(argv=None) -> int:
             multi_batch, _ = fastest(lambda index=multi, k=k: index.search(queries[:args.batch], k), 2)
             row = {"items": n, "bits": args.bits, "k": k, "substrings": multi.substrings, "same_results": same,
                    "build_seconds": round(build, 2), "table_megabytes": round(table_bytes / 2**20, 1),
-                   "one_query_ms": {"scan": one_query_ms(scan, queries[:args.queries], k),
-                                    "multi_index": one_query_ms(multi, queries[:args.queries], k)},
+                   "one_query_ms": {"scan": single_query_latencies(scan.search, queries[:args.queries], k)["median_ms"],
+                                    "multi_index": single_query_latencies(multi.search, queries[:args.queries], k)["median_ms"]},
                    "batch_qps": {"scan": round(args.batch / scan_batch, 1), "multi_index": round(args.batch / multi_batch, 1)}}
             rows.append(row)
             print(f"{n:>10,} items, k={k:3}, m={multi.substrings}: one query scan {row['one_query_ms']['scan']:.2f} ms, "

@@ -207,14 +207,7 @@ def _scan_four_1word(database, queries, q, start, stop, k, limits, counts, bucke
         x = database[i, 0]
         d0, d1 = np.int64(popcount(x ^ w0)), np.int64(popcount(x ^ w1))
         d2, d3 = np.int64(popcount(x ^ w2)), np.int64(popcount(x ^ w3))
-        if d0 < l0:
-            l0 = _keep(q, d0, i, k, l0, counts, buckets)
-        if d1 < l1:
-            l1 = _keep(q + 1, d1, i, k, l1, counts, buckets)
-        if d2 < l2:
-            l2 = _keep(q + 2, d2, i, k, l2, counts, buckets)
-        if d3 < l3:
-            l3 = _keep(q + 3, d3, i, k, l3, counts, buckets)
+        l0, l1, l2, l3 = _keep_four(q, i, d0, d1, d2, d3, l0, l1, l2, l3, k, counts, buckets)
     limits[q], limits[q + 1], limits[q + 2], limits[q + 3] = l0, l1, l2, l3
 
 
@@ -229,15 +222,22 @@ def _scan_four_2words(database, queries, q, start, stop, k, limits, counts, buck
         d1 = np.int64(popcount(x ^ a1) + popcount(y ^ b1))
         d2 = np.int64(popcount(x ^ a2) + popcount(y ^ b2))
         d3 = np.int64(popcount(x ^ a3) + popcount(y ^ b3))
-        if d0 < l0:
-            l0 = _keep(q, d0, i, k, l0, counts, buckets)
-        if d1 < l1:
-            l1 = _keep(q + 1, d1, i, k, l1, counts, buckets)
-        if d2 < l2:
-            l2 = _keep(q + 2, d2, i, k, l2, counts, buckets)
-        if d3 < l3:
-            l3 = _keep(q + 3, d3, i, k, l3, counts, buckets)
+        l0, l1, l2, l3 = _keep_four(q, i, d0, d1, d2, d3, l0, l1, l2, l3, k, counts, buckets)
     limits[q], limits[q + 1], limits[q + 2], limits[q + 3] = l0, l1, l2, l3
+
+
+@njit(cache=True, inline="always")
+def _keep_four(q, i, d0, d1, d2, d3, l0, l1, l2, l3, k, counts, buckets):
+    """Keep item i for each of queries q..q+3 whose distance is below its limit; the new limits."""
+    if d0 < l0:
+        l0 = _keep(q, d0, i, k, l0, counts, buckets)
+    if d1 < l1:
+        l1 = _keep(q + 1, d1, i, k, l1, counts, buckets)
+    if d2 < l2:
+        l2 = _keep(q + 2, d2, i, k, l2, counts, buckets)
+    if d3 < l3:
+        l3 = _keep(q + 3, d3, i, k, l3, counts, buckets)
+    return l0, l1, l2, l3
 
 
 @njit(cache=True, inline="always")
