@@ -4,8 +4,9 @@ import pytest
 
 from cmhash import stages
 from cmhash.encoders import build_encoder
+from cmhash.encoding import encode_dataset
 from cmhash.errors import CmhashError
-from cmhash.features import encode_dataset, read_features
+from cmhash.features import read_features
 
 
 def _images(n=3):
@@ -53,30 +54,57 @@ def test_offline_pretrained_pair():
 
 
 class _Interrupting:
-    """Wraps an encoder and fails on the n-th image batch, like a crash mid-stage."""
+    """Wraps an encoder and fails on the n-th batch of images it embeds, like a crash mid-stage."""
 
     def __init__(self, inner, fail_at):
         self.inner, self.fail_at, self.calls = inner, fail_at, 0
         self.name, self.aligned, self.settings = inner.name, inner.aligned, inner.settings
+        self.prepare_images, self.prepare_texts = inner.prepare_images, inner.prepare_texts
 
-    def encode_images(self, images):
+    def embed_texts(self, tokens):
+        return self.inner.embed_texts(tokens)
+
+    def embed_images(self, batch):
         self.calls += 1
         if self.calls == self.fail_at:
             raise KeyboardInterrupt
-        return self.inner.encode_images(images)
+        return self.inner.embed_images(batch)
 
-    def encode_texts(self, texts):
-        return self.inner.encode_texts(texts)
+
+class _InterruptingTexts(_Interrupting):
+    def embed_images(self, batch):
+        return self.inner.embed_images(batch)
+
+    def embed_texts(self, tokens):
+        self.calls += 1
+        if self.calls == self.fail_at:
+            raise KeyboardInterrupt
+        return self.inner.embed_texts(tokens)
+
+
+def _tiny_clip(clip_config):
+    return build_encoder({"backend": "open_clip", "device": "cpu", "open_clip": {"model": "tiny-clip-test", "model_config": str(clip_config)}})
+
+
+def _shards(out):
+    return out.with_name(out.name + ".shards")
+
+
+def _md5(path):
+    import hashlib
+
+    return hashlib.md5(path.read_bytes()).hexdigest()
 
 
 def test_encode_resumes_after_interruption(project, clip_config):
     params, layout = project
-    encoder = build_encoder({"backend": "open_clip", "device": "cpu", "open_clip": {"model": "tiny-clip-test", "model_config": str(clip_config)}})
+    encoder = _tiny_clip(clip_config)
     prepared, out = layout.prepared("builtin"), layout.features("builtin")
     with pytest.raises(KeyboardInterrupt):
         encode_dataset(prepared, out, _Interrupting(encoder, fail_at=3), batch_size=16, progress=False)
     assert not out.exists()  # no half-written output
-    with h5py.File(out.with_name(out.name + ".partial"), "r") as f:
+    (partial,) = _shards(out).glob("*.partial")
+    with h5py.File(partial, "r") as f:
         assert f.attrs["images_done"] == 32
     resumed = _Interrupting(encoder, fail_at=0)
     encode_dataset(prepared, out, resumed, batch_size=16, progress=False)
@@ -88,36 +116,27 @@ def test_encode_resumes_after_interruption(project, clip_config):
     assert np.allclose(np.linalg.norm(a.images, axis=1), 1, atol=1e-5)
 
 
-class _InterruptingTexts(_Interrupting):
-    def encode_texts(self, texts):
-        self.calls += 1
-        if self.calls == self.fail_at:
-            raise KeyboardInterrupt
-        return self.inner.encode_texts(texts)
-
-
 @pytest.mark.parametrize("interrupt", [_Interrupting, _InterruptingTexts], ids=["during images", "during texts"])
-def test_a_resumed_encode_gives_the_same_bytes(project, clip_config, interrupt):
-    import hashlib
-
+@pytest.mark.parametrize("shard_items", [4096, 32], ids=["one shard", "four shards"])
+def test_a_resumed_encode_gives_the_same_bytes(project, clip_config, interrupt, shard_items):
     _, layout = project
-    encoder = build_encoder({"backend": "open_clip", "device": "cpu", "open_clip": {"model": "tiny-clip-test", "model_config": str(clip_config)}})
+    encoder = _tiny_clip(clip_config)
     prepared, out = layout.prepared("builtin"), layout.features("builtin")
     reference = layout.root / "reference.h5"
-    encode_dataset(prepared, reference, encoder, batch_size=16, progress=False)
+    encode_dataset(prepared, reference, encoder, batch_size=16, progress=False, loaders=0)
     with pytest.raises(KeyboardInterrupt):
-        encode_dataset(prepared, out, interrupt(encoder, fail_at=4), batch_size=16, progress=False)
-    encode_dataset(prepared, out, encoder, batch_size=16, progress=False)
-    assert hashlib.md5(out.read_bytes()).hexdigest() == hashlib.md5(reference.read_bytes()).hexdigest()
-    assert not out.with_name(out.name + ".partial").exists()
+        encode_dataset(prepared, out, interrupt(encoder, fail_at=4), batch_size=16, progress=False, shard_items=shard_items)
+    encode_dataset(prepared, out, encoder, batch_size=16, progress=False, shard_items=shard_items)
+    assert _md5(out) == _md5(reference)  # and the same as one shard, no preprocessing threads
+    assert not _shards(out).exists()
 
 
-def test_a_corrupt_partial_file_is_discarded_with_a_message(project, clip_config, capsys):
+def test_a_corrupt_partial_shard_is_discarded_with_a_message(project, clip_config, capsys):
     _, layout = project
-    encoder = build_encoder({"backend": "open_clip", "device": "cpu", "open_clip": {"model": "tiny-clip-test", "model_config": str(clip_config)}})
+    encoder = _tiny_clip(clip_config)
     prepared, out = layout.prepared("builtin"), layout.features("builtin")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_name(out.name + ".partial").write_bytes(b"\x89HDF\r\n\x1a\n" + b"\0" * 100)  # cut short by a crash
+    _shards(out).mkdir(parents=True)
+    (_shards(out) / "000000000-000000120.h5.partial").write_bytes(b"\x89HDF\r\n\x1a\n" + b"\0" * 100)  # cut short by a crash
     encode_dataset(prepared, out, encoder, batch_size=64, progress=False)
     assert "discarding" in capsys.readouterr().out and read_features(out).images.shape[0] == 120
 
@@ -126,13 +145,12 @@ def test_two_encodes_of_one_file_do_not_both_write(project, clip_config):
     import fcntl
 
     _, layout = project
-    encoder = build_encoder({"backend": "open_clip", "device": "cpu", "open_clip": {"model": "tiny-clip-test", "model_config": str(clip_config)}})
     out = layout.features("builtin")
     out.parent.mkdir(parents=True, exist_ok=True)
     with open(out.with_name(out.name + ".lock"), "a") as other:  # what a running encode holds
         fcntl.flock(other, fcntl.LOCK_EX)
         with pytest.raises(CmhashError, match=f"another process is writing {out}"):
-            encode_dataset(layout.prepared("builtin"), out, encoder, batch_size=64, progress=False)
+            encode_dataset(layout.prepared("builtin"), out, _tiny_clip(clip_config), batch_size=64, progress=False)
     assert not out.exists()
 
 
@@ -142,7 +160,7 @@ def test_encoding_the_same_data_again_gives_the_same_file(project, clip_config):
     import os
 
     _, layout = project
-    encoder = build_encoder({"backend": "open_clip", "device": "cpu", "open_clip": {"model": "tiny-clip-test", "model_config": str(clip_config)}})
+    encoder = _tiny_clip(clip_config)
     prepared, out = layout.prepared("builtin"), layout.features("builtin")
     encode_dataset(prepared, out, encoder, batch_size=64, progress=False)
     first = hashlib.md5(out.read_bytes()).hexdigest()
@@ -168,3 +186,63 @@ def test_encode_stage_with_multiple_captions(project, clip_config):
     stages.encode(tiny_params(clip_config), layout, progress=False)
     features = read_features(layout.features("builtin"))
     assert features.texts.shape == (120, 32) and features.aligned
+
+
+def _clip_settings(clip_config):
+    return {"backend": "open_clip", "device": "cpu", "open_clip": {"model": "tiny-clip-test", "pretrained": None,
+                                                                   "model_config": str(clip_config)}}
+
+
+def test_two_dask_workers_give_the_same_file_as_one_process(project, clip_config):
+    """Shards encoded on a local Dask cluster of two worker processes, merged: the same bytes."""
+    _, layout = project
+    encoder = _tiny_clip(clip_config)
+    prepared, single, sharded = layout.prepared("builtin"), layout.root / "single.h5", layout.features("builtin")
+    encode_dataset(prepared, single, encoder, batch_size=16, progress=False)
+    encode_dataset(prepared, sharded, encoder, batch_size=16, progress=False, shard_items=32, workers=2,
+                   settings=_clip_settings(clip_config))
+    assert _md5(sharded) == _md5(single) and not _shards(sharded).exists()
+
+
+@pytest.mark.slow
+def test_a_worker_killed_part_way_costs_only_its_shard(project, clip_config):
+    """One of two Dask workers is killed while shards are being encoded: the run completes, the
+    file is the same, and no shard but the one the dead worker held is encoded twice."""
+    import os
+    import signal
+    import threading
+    import time
+
+    from distributed import LocalCluster
+
+    _, layout = project
+    encoder = _tiny_clip(clip_config)
+    prepared, single, out = layout.prepared("builtin"), layout.root / "single.h5", layout.features("builtin")
+    encode_dataset(prepared, single, encoder, batch_size=8, progress=False)
+    started: dict[str, int] = {}  # shard -> how many times its .partial file appeared
+    killed = []
+
+    def watch_and_kill(folder, cluster):
+        seen = set()
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not out.exists():
+            partials = {path.name for path in folder.glob("*.partial")} if folder.exists() else set()
+            for name in partials - seen:
+                started[name] = started.get(name, 0) + 1
+            seen = partials
+            done = list(folder.glob("*.h5")) if folder.exists() else []
+            if done and partials and not killed:  # a shard finished and others are under way: kill a worker
+                nanny = next(iter(cluster.workers.values()))
+                os.kill(nanny.process.process.pid, signal.SIGKILL)
+                killed.append(nanny.process.process.pid)
+            time.sleep(0.002)
+
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
+        watcher = threading.Thread(target=watch_and_kill, args=(_shards(out), cluster))
+        watcher.start()
+        encode_dataset(prepared, out, encoder, batch_size=8, progress=False, shard_items=8,
+                       scheduler=cluster.scheduler_address, settings=_clip_settings(clip_config))
+        watcher.join()
+    assert killed, "no worker was killed"
+    assert _md5(out) == _md5(single)
+    assert sum(count - 1 for count in started.values()) <= 1  # at most the dead worker's shard started again

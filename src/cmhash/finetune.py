@@ -16,21 +16,28 @@ def autocast(device: str):
     return torch.autocast(device_type="cuda" if cuda else "cpu", dtype=torch.float16, enabled=cuda)
 
 
-def prefetched(batches: list, prepare):
-    """Yield ``(batch, prepare(batch))`` in order, preparing the next batch in a background thread
-    while the caller works on the current one (image decoding and preprocessing release the GIL).
-    One worker, so ``prepare`` runs in batch order and a seeded draw inside it stays reproducible."""
+def prefetched(batches: list, prepare, workers: int = 1):
+    """Yield ``(batch, prepare(batch))`` in order, ``prepare`` running on the next ``workers``
+    batches in background threads while the caller works on the current one (image decoding,
+    resizing and tokenising release the GIL). With one worker ``prepare`` runs in batch order, so a
+    seeded draw inside it stays reproducible; with none it runs in the caller's thread."""
+    from collections import deque
     from concurrent.futures import ThreadPoolExecutor
 
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        pending = None
+    if workers < 1:
         for batch in batches:
-            future = pool.submit(prepare, batch)
-            if pending is not None:
-                yield pending[0], pending[1].result()
-            pending = (batch, future)
-        if pending is not None:
-            yield pending[0], pending[1].result()
+            yield batch, prepare(batch)
+        return
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        pending = deque()
+        for batch in batches:
+            pending.append((batch, pool.submit(prepare, batch)))
+            if len(pending) > workers:
+                done, future = pending.popleft()
+                yield done, future.result()
+        while pending:
+            done, future = pending.popleft()
+            yield done, future.result()
 
 
 def warmup_cosine(total_steps: int, warmup: float):

@@ -116,6 +116,8 @@ def schema() -> type[Section]:
         "Encode", __base__=Section,
         backend=(Literal["offline", "open_clip"], "offline"), device=(Device, "auto"), batch_size=(PositiveInt, 64),
         text=(Literal["auto", "captions", "bag_of_words"], "auto"),
+        loaders=(Annotated[int, Field(ge=0)], 2), shard_items=(PositiveInt, 4096),
+        workers=(Annotated[int, Field(ge=0)], 0), scheduler=(str | None, None),
         offline=(settings_model(OfflinePretrainedEncoder, "Offline"), settings_model(OfflinePretrainedEncoder, "Offline")()),
         open_clip=(settings_model(OpenClipEncoder, "OpenClip"), settings_model(OpenClipEncoder, "OpenClip")()))
     from cmhash.codes import MAX_BITS

@@ -45,14 +45,15 @@ def validate(params: dict[str, Any], layout: Layout) -> dict[str, Any]:
 
 def encode(params: dict[str, Any], layout: Layout, progress: bool = True) -> Path:
     from cmhash.encoders import build_encoder
-    from cmhash.features import encode_dataset
+    from cmhash.encoding import encode_dataset
 
     name = params["dataset"]["name"]
     settings = params["encode"]
     encoder = build_encoder(settings)
     out = layout.features(name)
     encode_dataset(layout.prepared(name), out, encoder, batch_size=settings["batch_size"], progress=progress,
-                   text=settings["text"])
+                   text=settings["text"], loaders=settings["loaders"], shard_items=settings["shard_items"],
+                   workers=settings["workers"], scheduler=settings["scheduler"], settings=settings)
     return out
 
 

@@ -6,6 +6,10 @@ An encoder turns a batch of RGB PIL images and a batch of strings into float arr
     encoder.encode_texts(texts: list[str]) -> np.ndarray          # (n, text_dim)
     encoder.count_tokens(text) -> int   # a text longer than encoder.context_length is truncated
 
+in two steps each, so that the CPU work of the next batches (decoding, resizing, tokenising: safe
+in background threads) overlaps the model's work on this one: ``prepare_images(images)`` then
+``embed_images(batch)``, ``prepare_texts(texts)`` then ``embed_texts(prepared)``.
+
 and describes itself with ``name``, ``aligned`` (True when both modalities share one embedding
 space, as in CLIP) and ``settings()`` (what is recorded in the features file).
 """
@@ -28,6 +32,14 @@ class Encoder(Protocol):
     def encode_images(self, images: list) -> np.ndarray: ...
 
     def encode_texts(self, texts: list[str]) -> np.ndarray: ...
+
+    def prepare_images(self, images: list) -> Any: ...
+
+    def embed_images(self, batch: Any) -> np.ndarray: ...
+
+    def prepare_texts(self, texts: list[str]) -> Any: ...
+
+    def embed_texts(self, prepared: Any) -> np.ndarray: ...
 
     context_length: int
 

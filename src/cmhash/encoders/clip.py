@@ -36,7 +36,13 @@ class OpenClipEncoder:
                 "register its JSON config with encode.open_clip.model_config."
             )
         try:
-            self.model, _, self.preprocess = open_clip.create_model_and_transforms(model, pretrained=pretrained or None, device=self.device)
+            # Without weights the model is randomly initialised (tests, benchmarks): from a fixed seed,
+            # so that every process (a Dask worker, say) builds the same model; the caller's random
+            # state is left as it was.
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(0)
+                self.model, _, self.preprocess = open_clip.create_model_and_transforms(
+                    model, pretrained=pretrained or None, device=self.device)
         except RuntimeError as err:
             raise CmhashError(
                 f"open_clip could not load weights {pretrained!r} for {model}: {err}\n"
@@ -72,11 +78,18 @@ class OpenClipEncoder:
             open_clip.add_model_config(folder)
         return cls(model=spec["model"], pretrained=None, device=device)
 
-    def encode_images(self, images: list) -> np.ndarray:
+    def prepare_images(self, images: list):
+        """open_clip's preprocessing on the CPU (any thread): the model's input batch."""
+        batch = self._torch.stack([self.preprocess(img.convert("RGB")) for img in images])
+        return batch.pin_memory() if self.device.startswith("cuda") else batch
+
+    def embed_images(self, batch) -> np.ndarray:
         torch = self._torch
-        batch = torch.stack([self.preprocess(img.convert("RGB")) for img in images]).to(self.device)
         with torch.inference_mode(), autocast(self.device):
-            return self.model.encode_image(batch).float().cpu().numpy()
+            return self.model.encode_image(batch.to(self.device, non_blocking=True)).float().cpu().numpy()
+
+    def encode_images(self, images: list) -> np.ndarray:
+        return self.embed_images(self.prepare_images(images))
 
     @property
     def context_length(self) -> int:
@@ -87,8 +100,15 @@ class OpenClipEncoder:
         """Tokens of ``text`` untruncated (padding is token 0 in open_clip's tokenizers)."""
         return int((self.tokenizer([text], context_length=max(4096, 4 * len(text))) != 0).sum())
 
-    def encode_texts(self, texts: list[str]) -> np.ndarray:
+    def prepare_texts(self, texts: list[str]):
+        """Tokens on the CPU (any thread)."""
+        tokens = self.tokenizer(list(texts))
+        return tokens.pin_memory() if self.device.startswith("cuda") else tokens
+
+    def embed_texts(self, tokens) -> np.ndarray:
         torch = self._torch
-        tokens = self.tokenizer(list(texts)).to(self.device)
         with torch.inference_mode(), autocast(self.device):
-            return self.model.encode_text(tokens).float().cpu().numpy()
+            return self.model.encode_text(tokens.to(self.device, non_blocking=True)).float().cpu().numpy()
+
+    def encode_texts(self, texts: list[str]) -> np.ndarray:
+        return self.embed_texts(self.prepare_texts(texts))

@@ -47,15 +47,21 @@ class OfflinePretrainedEncoder:
     def settings(self) -> dict[str, Any]:
         return {"image_model": "efficientnet-lite0", "text_model": "all-MiniLM-L6-v2", "image_size": self.image_size}
 
-    def encode_images(self, images: list) -> np.ndarray:
-        torch = self._torch
+    def prepare_images(self, images: list):
+        """Resize and normalise on the CPU (any thread): the model's input batch."""
         size = (self.image_size, self.image_size)
         arrays = [np.asarray(img.convert("RGB").resize(size), dtype=np.float32) / 255.0 for img in images]
-        batch = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2)
-        batch = ((batch - IMAGE_MEAN) / IMAGE_STD).to(self.device)
+        batch = (self._torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2) - IMAGE_MEAN) / IMAGE_STD
+        return batch.pin_memory() if self.device.startswith("cuda") else batch
+
+    def embed_images(self, batch) -> np.ndarray:
+        torch = self._torch
         with torch.inference_mode():
-            features = self.image_model.extract_features(batch).mean(dim=(2, 3))
+            features = self.image_model.extract_features(batch.to(self.device, non_blocking=True)).mean(dim=(2, 3))
         return features.float().cpu().numpy()
+
+    def encode_images(self, images: list) -> np.ndarray:
+        return self.embed_images(self.prepare_images(images))
 
     @property
     def context_length(self) -> int:
@@ -65,5 +71,11 @@ class OfflinePretrainedEncoder:
     def count_tokens(self, text: str) -> int:
         return len(self.text_model.tokenizer(text, add_special_tokens=True)["input_ids"])
 
+    def prepare_texts(self, texts: list[str]) -> list[str]:
+        return list(texts)  # sentence-transformers tokenises inside encode
+
+    def embed_texts(self, texts: list[str]) -> np.ndarray:
+        return np.asarray(self.text_model.encode(texts, batch_size=len(texts), show_progress_bar=False), dtype=np.float32)
+
     def encode_texts(self, texts: list[str]) -> np.ndarray:
-        return np.asarray(self.text_model.encode(list(texts), batch_size=len(texts), show_progress_bar=False), dtype=np.float32)
+        return self.embed_texts(self.prepare_texts(texts))
