@@ -246,3 +246,15 @@ def test_a_worker_killed_part_way_costs_only_its_shard(project, clip_config):
     assert killed, "no worker was killed"
     assert _md5(out) == _md5(single)
     assert sum(count - 1 for count in started.values()) <= 1  # at most the dead worker's shard started again
+
+
+@pytest.mark.gpu
+def test_encoding_on_cuda_matches_the_cpu_within_fp16(project):
+    """fp16 autocast and channels-last on the GPU; the CPU path in fp32."""
+    _, layout = project
+    cpu, gpu = layout.root / "cpu.h5", layout.root / "gpu.h5"
+    for device, out in (("cpu", cpu), ("cuda", gpu)):
+        encoder = build_encoder({"backend": "offline", "device": device, "offline": {"image_size": 96}})
+        encode_dataset(layout.prepared("builtin"), out, encoder, batch_size=32, progress=False)
+    a, b = read_features(cpu), read_features(gpu)
+    assert np.abs(a.images - b.images).max() < 2e-2 and np.abs(a.texts - b.texts).max() < 2e-2

@@ -85,8 +85,11 @@ class OpenClipEncoder:
 
     def embed_images(self, batch) -> np.ndarray:
         torch = self._torch
+        batch = batch.to(self.device, non_blocking=True)
+        if self.device.startswith("cuda"):
+            batch = batch.contiguous(memory_format=torch.channels_last)
         with torch.inference_mode(), autocast(self.device):
-            return self.model.encode_image(batch.to(self.device, non_blocking=True)).float().cpu().numpy()
+            return self.model.encode_image(batch).float().cpu().numpy()
 
     def encode_images(self, images: list) -> np.ndarray:
         return self.embed_images(self.prepare_images(images))

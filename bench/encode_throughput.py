@@ -1,0 +1,153 @@
+"""Benchmark: how fast the encode stage turns images and captions into features.
+
+For each encoder (the offline pair; open_clip ViT-B-32 with random weights, which cost the same as
+trained ones) and each source of images (pixels stored in a prepared file; JPEG files on disk, as
+for MIRFlickr, NUS-WIDE, MS-COCO or your own data), it times the encode stage's own loop: batches
+read, decoded and preprocessed by ``loaders`` threads (0: in the model's thread, as before the
+pipeline existed) while the model embeds the current batch. Images per second and captions per
+second, the best of ``--repeats`` runs after a warm-up batch. CUDA is used when present.
+
+    python bench/encode_throughput.py                       # -> bench/results/encode_throughput.json
+    python bench/encode_throughput.py --images 256 --encoders offline
+
+The results file records the command, the machine and every figure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+from machine import describe_machine
+
+
+def make_sources(folder: Path, n: int, image_size: int) -> dict[str, Path]:
+    """A prepared file holding the built-in dataset's pixels, and one pointing at the same images
+    as JPEG files."""
+    from PIL import Image
+
+    from cmhash.datasets.builtin import generate_builtin
+    from cmhash.datasets.prepared import write_prepared
+
+    data = generate_builtin(n, image_size, seed=0, progress=False)
+    common = dict(labels=data["labels"], label_names=data["label_names"], texts=data["captions"], text_item=np.arange(n),
+                  splits={"query": np.arange(0), "retrieval": np.arange(n), "train": np.arange(0)}, source="bench",
+                  params={})
+    write_prepared(folder / "pixels.h5", images=data["images"], **common)
+    (folder / "jpeg").mkdir()
+    for i, pixels in enumerate(data["images"]):
+        Image.fromarray(pixels).resize((256, 256)).save(folder / "jpeg" / f"{i}.jpg", quality=90)
+    write_prepared(folder / "jpeg.h5", image_paths=[f"{i}.jpg" for i in range(n)], image_root=str(folder / "jpeg"), **common)
+    return {"pixels": folder / "pixels.h5", "jpeg": folder / "jpeg.h5"}
+
+
+def images_per_second(encoder, prepared: Path, batch_size: int, loaders: int, repeats: int) -> float:
+    from cmhash.datasets.prepared import PreparedData
+    from cmhash.finetune import prefetched
+
+    with PreparedData(prepared) as data:
+        batches = [np.arange(start, min(start + batch_size, data.n_items)) for start in range(0, data.n_items, batch_size)]
+        encoder.embed_images(encoder.prepare_images(data.load_images(batches[0])))  # warm-up
+        best = float("inf")
+        for _ in range(repeats):
+            started = time.perf_counter()
+            for _, pixels in prefetched(batches, lambda rows: encoder.prepare_images(data.load_images(rows)), workers=loaders):
+                encoder.embed_images(pixels)
+            best = min(best, time.perf_counter() - started)
+        return data.n_items / best
+
+
+def texts_per_second(encoder, prepared: Path, batch_size: int, loaders: int, repeats: int) -> float:
+    from cmhash.datasets.prepared import PreparedData
+    from cmhash.finetune import prefetched
+
+    with PreparedData(prepared) as data:
+        texts = data.texts
+    batches = [texts[start:start + batch_size] for start in range(0, len(texts), batch_size)]
+    encoder.embed_texts(encoder.prepare_texts(batches[0]))
+    best = float("inf")
+    for _ in range(repeats):
+        started = time.perf_counter()
+        for _, tokens in prefetched(batches, encoder.prepare_texts, workers=loaders):
+            encoder.embed_texts(tokens)
+        best = min(best, time.perf_counter() - started)
+    return len(texts) / best
+
+
+def scaling(prepared: Path, settings: dict, batch_size: int, workers: list[int], folder: Path) -> list[dict]:
+    """The whole encode stage on 1, 2, ... local Dask workers (shards of 4 batches), items per second."""
+    from cmhash.encoders import build_encoder
+    from cmhash.encoding import encode_dataset
+
+    encoder = build_encoder(settings)
+    rows = []
+    for count in workers:
+        out = folder / f"features-{count}.h5"
+        started = time.perf_counter()
+        encode_dataset(prepared, out, encoder, batch_size=batch_size, progress=False, text="captions",
+                       shard_items=4 * batch_size, workers=count, settings=settings)
+        seconds = time.perf_counter() - started
+        with h5py.File(out, "r") as f:
+            items = f["images"].shape[0]
+        rows.append({"encoder": "offline", "device": settings["device"], "input": "encode stage on Dask (images and captions)",
+                     "dask_workers": count, "batch_size": batch_size, "per_second": round(items / seconds, 1),
+                     "seconds": round(seconds, 1)})
+        print(f"encode stage on {count} Dask worker(s): {items / seconds:.1f} items/s ({seconds:.1f} s, cluster start included)",
+              flush=True)
+    return rows
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--images", type=int, default=512, help="items (images and captions) per source")
+    parser.add_argument("--encoders", nargs="+", default=["offline", "vit-b-32"], choices=["offline", "vit-b-32"])
+    parser.add_argument("--loaders", type=int, nargs="+", default=[0, 2])
+    parser.add_argument("--batch-size", type=int, default=None, help="default: 64 on the CPU, 256 on CUDA")
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--dask-workers", type=int, nargs="*", default=[1, 2],
+                        help="also time the whole encode stage (images and captions, offline pair) on a local Dask "
+                             "cluster of this many workers")
+    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "encode_throughput.json")
+    args = parser.parse_args(argv)
+
+    import torch
+
+    from cmhash.encoders import build_encoder
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    batch_size = args.batch_size or (256 if device == "cuda" else 64)
+    settings = {"offline": {"backend": "offline", "device": device, "offline": {"image_size": 96}},
+                "vit-b-32": {"backend": "open_clip", "device": device,
+                             "open_clip": {"model": "ViT-B-32", "pretrained": None, "model_config": None}}}
+    rows = []
+    with tempfile.TemporaryDirectory() as folder:
+        sources = make_sources(Path(folder), args.images, 96)
+        for name in args.encoders:
+            encoder = build_encoder(settings[name])
+            for loaders in args.loaders:
+                for source, prepared in sources.items():
+                    rate = images_per_second(encoder, prepared, batch_size, loaders, args.repeats)
+                    rows.append({"encoder": name, "device": device, "input": f"images from {source}", "loaders": loaders,
+                                 "batch_size": batch_size, "per_second": round(rate, 1)})
+                    print(f"{name:9} {device}: images from {source:6}, loaders {loaders}: {rate:8.1f} images/s", flush=True)
+                rate = texts_per_second(encoder, sources["pixels"], batch_size, loaders, args.repeats)
+                rows.append({"encoder": name, "device": device, "input": "captions", "loaders": loaders,
+                             "batch_size": batch_size, "per_second": round(rate, 1)})
+                print(f"{name:9} {device}: captions,            loaders {loaders}: {rate:8.1f} captions/s", flush=True)
+        rows += scaling(sources["pixels"], settings["offline"], batch_size, args.dask_workers, Path(folder))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({"command": " ".join(["python", *sys.argv]), "machine": describe_machine(),
+                                    "torch": torch.__version__, "threads": torch.get_num_threads(), "results": rows},
+                                   indent=2) + "\n")
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
