@@ -57,6 +57,8 @@ def encode_dataset(prepared_path: Path, out_path: Path, encoder: Encoder, batch_
 
     ``encoder`` encodes in this process; with ``workers`` or ``scheduler`` the shards go to Dask
     workers, which build their own encoder from ``settings`` (params.yaml's encode section)."""
+    if (workers or scheduler) and settings is None:
+        raise ValueError("Dask workers build their own encoder: give the encode settings")
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     shard_items = max(batch_size, shard_items // batch_size * batch_size)  # whole batches in every shard
@@ -76,7 +78,7 @@ def encode_dataset(prepared_path: Path, out_path: Path, encoder: Encoder, batch_
         job = dict(prepared_path=str(prepared_path), batch_size=batch_size, text=text, fingerprint=fingerprint,
                    loaders=loaders)
         if workers or scheduler:
-            _encode_on_dask(folder, missing, job, settings or {}, workers, scheduler, progress)
+            _encode_on_dask(folder, missing, job, settings, workers, scheduler, progress)
         else:
             with tqdm(total=n_items, initial=n_items - sum(stop - first for first, stop in missing), desc="encoding",
                       unit="item", disable=not progress) as bar:
