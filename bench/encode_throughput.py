@@ -108,7 +108,8 @@ def main(argv=None) -> int:
     parser.add_argument("--images", type=int, default=512, help="items (images and captions) per source")
     parser.add_argument("--encoders", nargs="+", default=["offline", "vit-b-32"], choices=["offline", "vit-b-32"])
     parser.add_argument("--loaders", type=int, nargs="+", default=[0, 2])
-    parser.add_argument("--batch-size", type=int, default=None, help="default: 64 on the CPU, 256 on CUDA")
+    parser.add_argument("--batch-size", type=int, default=None,
+                        help="default: the encode stage's batch_size auto (64 on the CPU, from free memory on CUDA)")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--dask-workers", type=int, nargs="*", default=[1, 2],
                         help="also time the whole encode stage (images and captions, offline pair) on a local Dask "
@@ -119,9 +120,9 @@ def main(argv=None) -> int:
     import torch
 
     from cmhash.encoders import build_encoder
+    from cmhash.encoders.batch_size import resolve_batch_size
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    batch_size = args.batch_size or (256 if device == "cuda" else 64)
     settings = {"offline": {"backend": "offline", "device": device, "offline": {"image_size": 96}},
                 "vit-b-32": {"backend": "open_clip", "device": device,
                              "open_clip": {"model": "ViT-B-32", "pretrained": None, "model_config": None}}}
@@ -130,6 +131,7 @@ def main(argv=None) -> int:
         sources = make_sources(Path(folder), args.images, 96)
         for name in args.encoders:
             encoder = build_encoder(settings[name])
+            batch_size = args.batch_size or resolve_batch_size("auto", encoder)
             for loaders in args.loaders:
                 for source, prepared in sources.items():
                     rate = images_per_second(encoder, prepared, batch_size, loaders, args.repeats)
@@ -140,6 +142,7 @@ def main(argv=None) -> int:
                 rows.append({"encoder": name, "device": device, "input": "captions", "loaders": loaders,
                              "batch_size": batch_size, "per_second": round(rate, 1)})
                 print(f"{name:9} {device}: captions,            loaders {loaders}: {rate:8.1f} captions/s", flush=True)
+        batch_size = args.batch_size or resolve_batch_size("auto", build_encoder(settings["offline"]))
         rows += scaling(sources["pixels"], settings["offline"], batch_size, args.dask_workers, Path(folder))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"command": " ".join(["python", *sys.argv]), "machine": describe_machine(),

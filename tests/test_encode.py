@@ -169,6 +169,26 @@ def test_encoding_the_same_data_again_gives_the_same_file(project, clip_config):
     assert hashlib.md5(out.read_bytes()).hexdigest() == first
 
 
+def test_batch_size_auto_is_64_on_the_cpu_and_a_number_is_kept(clip_config):
+    from cmhash.encoders.batch_size import resolve_batch_size
+
+    encoder = _tiny_clip(clip_config)
+    assert resolve_batch_size("auto", encoder) == 64
+    assert resolve_batch_size(100, encoder) == 100
+
+
+@pytest.mark.parametrize(("free_gib", "mib_per_item", "batch"), [
+    (80, 10, 4096),   # a large GPU: capped where throughput stops growing
+    (10, 10, 512),    # 0.6 * 10 GiB / 10 MiB = 614 items: the power of two below
+    (1, 10, 32),      # little free memory: never below the smallest batch
+    (10, 0, 4096),    # an encoder that measures no memory per item
+])
+def test_batch_size_from_free_gpu_memory(free_gib, mib_per_item, batch):
+    from cmhash.encoders.batch_size import batch_size_for_memory
+
+    assert batch_size_for_memory(free_gib * 2**30, mib_per_item * 2**20) == batch
+
+
 def test_encode_stage_with_multiple_captions(project, clip_config):
     from conftest import tiny_params
 
@@ -258,3 +278,14 @@ def test_encoding_on_cuda_matches_the_cpu_within_fp16(project):
         encode_dataset(layout.prepared("builtin"), out, encoder, batch_size=32, progress=False)
     a, b = read_features(cpu), read_features(gpu)
     assert np.abs(a.images - b.images).max() < 2e-2 and np.abs(a.texts - b.texts).max() < 2e-2
+
+
+@pytest.mark.gpu
+def test_batch_size_auto_on_cuda_fits_in_free_memory(clip_config):
+    from cmhash.encoders.batch_size import LARGEST, SMALLEST, resolve_batch_size
+
+    encoder = build_encoder({"backend": "open_clip", "device": "cuda", "open_clip": {
+        "model": "tiny-clip-test", "pretrained": None, "model_config": str(clip_config)}})
+    batch = resolve_batch_size("auto", encoder)
+    assert SMALLEST <= batch <= LARGEST and batch & (batch - 1) == 0
+    assert encoder.encode_images(_images(batch)).shape[0] == batch  # a batch of that size runs

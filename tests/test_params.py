@@ -46,6 +46,8 @@ def _with(change: tuple[str, object]) -> dict:
     (("evaluate.top_r", [10, -1]), "evaluate.top_r[1] is -1; expected at least 1"),
     (("dataset.name", "mirflickr99"), "dataset.name is 'mirflickr99'; expected one of 'builtin', 'byo'"),
     (("dataset.split.query", -5), "dataset.split.query must be a positive whole number, got -5."),
+    (("encode.batch_size", "big"), "encode.batch_size is 'big'; expected auto or a whole number of at least 1"),
+    (("encode.batch_size", 0), "encode.batch_size is 0; expected auto or a whole number of at least 1"),
     (("encode.device", "gpu"), "encode.device is 'gpu'; expected auto, cpu, cuda or cuda:N"),
     (("dataset_overrides.nuswide.djsrh.beta", "x"), "dataset_overrides.nuswide.djsrh.beta is 'x'; expected a number"),
     (("dataset.coco.year", 2015), "dataset.coco.year is 2015; expected one of 2014 or 2017"),

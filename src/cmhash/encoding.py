@@ -40,6 +40,7 @@ from cmhash import __version__
 from cmhash.atomic import atomic_path
 from cmhash.checksums import file_md5
 from cmhash.datasets.prepared import PreparedData
+from cmhash.encoders.batch_size import resolve_batch_size
 from cmhash.errors import CmhashError
 from cmhash.features import normalise_rows, text_source
 from cmhash.finetune import prefetched
@@ -50,17 +51,23 @@ if TYPE_CHECKING:
 SHARD_ITEMS = 4096
 
 
-def encode_dataset(prepared_path: Path, out_path: Path, encoder: Encoder, batch_size: int = 64, progress: bool = True,
+def encode_dataset(prepared_path: Path, out_path: Path, encoder: Encoder, batch_size: int | str = "auto",
+                   progress: bool = True,
                    text: str = "auto", loaders: int = 2, shard_items: int = SHARD_ITEMS, workers: int = 0,
                    scheduler: str | None = None, settings: dict[str, Any] | None = None) -> None:
     """Encode every image and text of a prepared file into the features file ``out_path``.
 
     ``encoder`` encodes in this process; with ``workers`` or ``scheduler`` the shards go to Dask
-    workers, which build their own encoder from ``settings`` (params.yaml's encode section)."""
+    workers, which build their own encoder from ``settings`` (params.yaml's encode section).
+    ``batch_size`` "auto" is chosen here, once, from this process's device (see encoders.batch_size)."""
     if (workers or scheduler) and settings is None:
         raise ValueError("Dask workers build their own encoder: give the encode settings")
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
+    if batch_size == "auto":
+        batch_size = resolve_batch_size(batch_size, encoder)
+        if progress:
+            print(f"encoding {batch_size} items per batch (encode.batch_size: auto on {encoder.device})")
     shard_items = max(batch_size, shard_items // batch_size * batch_size)  # whole batches in every shard
     with _exclusive(out_path):
         with PreparedData(prepared_path) as data:

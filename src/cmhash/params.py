@@ -112,9 +112,15 @@ def schema() -> type[Section]:
 
     Dataset = create_model("Dataset", __base__=Section, __validators__={
         "split_is_a_protocol_or_sizes": field_validator("split")(check_split)}, **dataset_fields)
+    def check_batch_size(cls, value):
+        if value != "auto" and (type(value) is not int or value < 1):
+            raise ValueError(f"encode.batch_size is {value!r}; expected auto or a whole number of at least 1")
+        return value
+
     Encode = create_model(
-        "Encode", __base__=Section,
-        backend=(Literal["offline", "open_clip"], "offline"), device=(Device, "auto"), batch_size=(PositiveInt, 64),
+        "Encode", __base__=Section, __validators__={
+            "batch_size_is_auto_or_a_count": field_validator("batch_size", mode="before")(check_batch_size)},
+        backend=(Literal["offline", "open_clip"], "offline"), device=(Device, "auto"), batch_size=(int | str, "auto"),
         text=(Literal["auto", "captions", "bag_of_words"], "auto"),
         loaders=(Annotated[int, Field(ge=0)], 2), shard_items=(PositiveInt, 4096),
         workers=(Annotated[int, Field(ge=0)], 0), scheduler=(str | None, None),

@@ -10,7 +10,7 @@ in two steps each, so that the CPU work of the next batches (decoding, resizing,
 in background threads) overlaps the model's work on this one: ``prepare_images(images)`` then
 ``embed_images(batch)``, ``prepare_texts(texts)`` then ``embed_texts(prepared)``.
 
-and describes itself with ``name``, ``aligned`` (True when both modalities share one embedding
+and describes itself with ``name``, ``device``, ``aligned`` (True when both modalities share one embedding
 space, as in CLIP) and ``settings()`` (what is recorded in the features file).
 """
 
@@ -26,6 +26,7 @@ from cmhash.errors import CmhashError
 class Encoder(Protocol):
     name: str
     aligned: bool
+    device: str  # "cpu", "cuda", "cuda:1"...
 
     def settings(self) -> dict[str, Any]: ...
 
