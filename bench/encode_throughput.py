@@ -16,7 +16,6 @@ The results file records the command, the machine and every figure.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import time
@@ -24,7 +23,7 @@ from pathlib import Path
 
 import h5py
 import numpy as np
-from machine import describe_machine
+from machine import write_results
 
 
 def make_sources(folder: Path, n: int, image_size: int) -> dict[str, Path]:
@@ -144,11 +143,7 @@ def main(argv=None) -> int:
                 print(f"{name:9} {device}: captions,            loaders {loaders}: {rate:8.1f} captions/s", flush=True)
         batch_size = args.batch_size or resolve_batch_size("auto", build_encoder(settings["offline"]))
         rows += scaling(sources["pixels"], settings["offline"], batch_size, args.dask_workers, Path(folder))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"command": " ".join(["python", *sys.argv]), "machine": describe_machine(),
-                                    "torch": torch.__version__, "threads": torch.get_num_threads(), "results": rows},
-                                   indent=2) + "\n")
-    print(f"wrote {args.out}")
+    write_results(args.out, torch=torch.__version__, threads=torch.get_num_threads(), results=rows)
     return 0
 
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
 import platform
+import sys
 from pathlib import Path
 
 
@@ -24,3 +26,11 @@ def describe_machine() -> dict:
 
     return {"cpu": cpu_model(), "cpus": os.cpu_count(), "numba_threads": numba.get_num_threads(),
             "python": platform.python_version(), "numpy": numpy.__version__, "numba": numba.__version__}
+
+
+def write_results(path: Path, **results) -> None:
+    """``results`` as JSON at ``path``, with the command that made them and the machine they ran on."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"command": " ".join(["python", *sys.argv]), "machine": describe_machine(), **results},
+                               indent=2) + "\n")
+    print(f"wrote {path}")

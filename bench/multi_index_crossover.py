@@ -12,13 +12,12 @@ buckets are probed); codes from a trained model, clustered by meaning, favour it
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
-from machine import describe_machine
+from machine import write_results
 from search_at_scale import fastest, random_packed_codes, single_query_latencies
 
 
@@ -59,10 +58,7 @@ def main(argv=None) -> int:
                   f"QPS, multi-index {row['batch_qps']['multi_index']:,.0f} QPS; build {build:.1f} s, "
                   f"{row['table_megabytes']} MB; same results: {same}", flush=True)
         del database, scan, multi
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"command": " ".join(["python", *sys.argv]), "machine": describe_machine(),
-                                    "results": rows}, indent=2) + "\n")
-    print(f"wrote {args.out}")
+    write_results(args.out, results=rows)
     return 0 if all(row["same_results"] for row in rows) else 1
 
 

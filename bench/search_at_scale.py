@@ -21,13 +21,12 @@ Writes bench/results/search_at_scale.json: the command, the machine and every ti
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
-from machine import describe_machine
+from machine import write_results
 
 
 def random_packed_codes(n: int, bits: int, seed: int) -> np.ndarray:
@@ -116,10 +115,7 @@ def main(argv=None) -> int:
                       f"{row['single']['cmhash']['median_ms']:.2f} ms vs {row['single']['faiss']['median_ms']:.2f} ms "
                       f"({row['single']['speedup']}x); same results: {agree}", flush=True)
             del database, ours, theirs
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"command": " ".join(["python", *sys.argv]), "machine": describe_machine(),
-                                    "faiss": faiss.__version__, "threads": threads, "results": rows}, indent=2) + "\n")
-    print(f"wrote {args.out}")
+    write_results(args.out, faiss=faiss.__version__, threads=threads, results=rows)
     return 0 if all(row["same_results"] for row in rows) else 1
 
 

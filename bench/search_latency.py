@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from machine import describe_machine
+from machine import write_results
 
 
 def _free_port() -> int:
@@ -92,15 +92,11 @@ def main(argv=None) -> int:
         server.wait(30)
     results = {kind: {part: summarise(values) for part, values in parts.items()} for kind, parts in measured.items()}
     info = json.loads((args.root / "data" / "index" / f"{args.method}-{args.bits}" / "index.json").read_text())
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"command": " ".join(["python", *sys.argv]), "machine": describe_machine(),
-                                    "index": {"method": args.method, "bits": args.bits, "items": info["items"],
-                                              "encoder": info["encoder"]["name"]},
-                                    "queries": args.queries, "k": args.k, "milliseconds": results}, indent=2) + "\n")
+    write_results(args.out, index={"method": args.method, "bits": args.bits, "items": info["items"],
+                                   "encoder": info["encoder"]["name"]}, queries=args.queries, k=args.k, milliseconds=results)
     for kind, parts in results.items():
         print(f"{kind:5} query: " + ", ".join(f"{part} {value['median']:.2f} ms (p95 {value['p95']:.2f})"
                                                 for part, value in parts.items()))
-    print(f"wrote {args.out}")
     return 0
 
 

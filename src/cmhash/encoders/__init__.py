@@ -16,35 +16,46 @@ space, as in CLIP) and ``settings()`` (what is recorded in the features file).
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from abc import ABC, abstractmethod
+from typing import Any
 
 import numpy as np
 
 from cmhash.errors import CmhashError
 
 
-class Encoder(Protocol):
+class Encoder(ABC):
     name: str
     aligned: bool
     device: str  # "cpu", "cuda", "cuda:1"...
 
+    @abstractmethod
     def settings(self) -> dict[str, Any]: ...
 
-    def encode_images(self, images: list) -> np.ndarray: ...
-
-    def encode_texts(self, texts: list[str]) -> np.ndarray: ...
-
+    @abstractmethod
     def prepare_images(self, images: list) -> Any: ...
 
+    @abstractmethod
     def embed_images(self, batch: Any) -> np.ndarray: ...
 
+    @abstractmethod
     def prepare_texts(self, texts: list[str]) -> Any: ...
 
+    @abstractmethod
     def embed_texts(self, prepared: Any) -> np.ndarray: ...
 
-    context_length: int
+    @property
+    @abstractmethod
+    def context_length(self) -> int: ...
 
+    @abstractmethod
     def count_tokens(self, text: str) -> int: ...
+
+    def encode_images(self, images: list) -> np.ndarray:
+        return self.embed_images(self.prepare_images(images))
+
+    def encode_texts(self, texts: list[str]) -> np.ndarray:
+        return self.embed_texts(self.prepare_texts(texts))
 
 
 def build_encoder(encode: dict[str, Any]) -> Encoder:

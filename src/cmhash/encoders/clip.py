@@ -13,11 +13,12 @@ from typing import Any
 import numpy as np
 
 from cmhash.device import resolve_device
+from cmhash.encoders import Encoder
 from cmhash.errors import CmhashError
 from cmhash.finetune import autocast
 
 
-class OpenClipEncoder:
+class OpenClipEncoder(Encoder):
     aligned = True
 
     def __init__(self, model: str = "ViT-B-32", pretrained: str | None = None, model_config: str | None = None, device: str = "auto"):
@@ -91,9 +92,6 @@ class OpenClipEncoder:
         with torch.inference_mode(), autocast(self.device):
             return self.model.encode_image(batch).float().cpu().numpy()
 
-    def encode_images(self, images: list) -> np.ndarray:
-        return self.embed_images(self.prepare_images(images))
-
     @property
     def context_length(self) -> int:
         """Tokens the text tower reads (start and end tokens included); a longer text is truncated."""
@@ -112,6 +110,3 @@ class OpenClipEncoder:
         torch = self._torch
         with torch.inference_mode(), autocast(self.device):
             return self.model.encode_text(tokens.to(self.device, non_blocking=True)).float().cpu().numpy()
-
-    def encode_texts(self, texts: list[str]) -> np.ndarray:
-        return self.embed_texts(self.prepare_texts(texts))

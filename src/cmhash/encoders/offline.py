@@ -15,13 +15,14 @@ from typing import Any
 import numpy as np
 
 from cmhash.device import resolve_device
+from cmhash.encoders import Encoder
 from cmhash.finetune import autocast
 
 IMAGE_MEAN = 0.5  # EfficientNet-Lite normalises inputs with mean 0.5 / std 0.5
 IMAGE_STD = 0.5
 
 
-class OfflinePretrainedEncoder:
+class OfflinePretrainedEncoder(Encoder):
     name = "efficientnet-lite0+all-minilm-l6-v2"
     aligned = False
 
@@ -66,9 +67,6 @@ class OfflinePretrainedEncoder:
             features = self.image_model.extract_features(batch).mean(dim=(2, 3))
         return features.float().cpu().numpy()
 
-    def encode_images(self, images: list) -> np.ndarray:
-        return self.embed_images(self.prepare_images(images))
-
     @property
     def context_length(self) -> int:
         """Tokens the text model reads; a longer text is truncated."""
@@ -82,6 +80,3 @@ class OfflinePretrainedEncoder:
 
     def embed_texts(self, texts: list[str]) -> np.ndarray:
         return np.asarray(self.text_model.encode(texts, batch_size=len(texts), show_progress_bar=False), dtype=np.float32)
-
-    def encode_texts(self, texts: list[str]) -> np.ndarray:
-        return self.embed_texts(self.prepare_texts(texts))
