@@ -54,6 +54,19 @@ class Encoder(ABC):
     def encode_images(self, images: list) -> np.ndarray:
         return self.embed_images(self.prepare_images(images))
 
+    # for the backends: what a prepared batch (a torch tensor) goes through on the way to the model
+
+    def pinned(self, batch):
+        """``batch`` in page-locked memory on CUDA, so that its copy to the GPU overlaps compute."""
+        return batch.pin_memory() if self.device.startswith("cuda") else batch
+
+    def on_device(self, images):
+        """An image batch on the device; channels-last on CUDA, where convolutions run faster so."""
+        import torch
+
+        images = images.to(self.device, non_blocking=True)
+        return images.contiguous(memory_format=torch.channels_last) if self.device.startswith("cuda") else images
+
     def encode_texts(self, texts: list[str]) -> np.ndarray:
         return self.embed_texts(self.prepare_texts(texts))
 

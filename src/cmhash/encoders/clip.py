@@ -82,13 +82,11 @@ class OpenClipEncoder(Encoder):
     def prepare_images(self, images: list):
         """open_clip's preprocessing on the CPU (any thread): the model's input batch."""
         batch = self._torch.stack([self.preprocess(img.convert("RGB")) for img in images])
-        return batch.pin_memory() if self.device.startswith("cuda") else batch
+        return self.pinned(batch)
 
     def embed_images(self, batch) -> np.ndarray:
         torch = self._torch
-        batch = batch.to(self.device, non_blocking=True)
-        if self.device.startswith("cuda"):
-            batch = batch.contiguous(memory_format=torch.channels_last)
+        batch = self.on_device(batch)
         with torch.inference_mode(), autocast(self.device):
             return self.model.encode_image(batch).float().cpu().numpy()
 
@@ -104,7 +102,7 @@ class OpenClipEncoder(Encoder):
     def prepare_texts(self, texts: list[str]):
         """Tokens on the CPU (any thread)."""
         tokens = self.tokenizer(list(texts))
-        return tokens.pin_memory() if self.device.startswith("cuda") else tokens
+        return self.pinned(tokens)
 
     def embed_texts(self, tokens) -> np.ndarray:
         torch = self._torch

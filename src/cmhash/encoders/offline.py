@@ -56,13 +56,11 @@ class OfflinePretrainedEncoder(Encoder):
         size = (self.image_size, self.image_size)
         arrays = [np.asarray(img.convert("RGB").resize(size), dtype=np.float32) / 255.0 for img in images]
         batch = (self._torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2) - IMAGE_MEAN) / IMAGE_STD
-        return batch.pin_memory() if self.device.startswith("cuda") else batch
+        return self.pinned(batch)
 
     def embed_images(self, batch) -> np.ndarray:
         torch = self._torch
-        batch = batch.to(self.device, non_blocking=True)
-        if self.device.startswith("cuda"):
-            batch = batch.contiguous(memory_format=torch.channels_last)
+        batch = self.on_device(batch)
         with torch.inference_mode(), autocast(self.device):
             features = self.image_model.extract_features(batch).mean(dim=(2, 3))
         return features.float().cpu().numpy()
