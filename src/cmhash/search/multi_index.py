@@ -8,8 +8,9 @@ the search probes every table at substring radius s = 0, 1, 2, ..., computes the
 each new item it meets, and stops once the k-th smallest distance found is below m * (s + 1): every
 item that close has been met. The answer is the same as a scan's, ties in increasing item id.
 
-On random codes it pays off when the items are many and k is small (the bench measures where it
-overtakes the scan); the tables cost 4 bytes an item and substring, plus 8 bytes per possible
+It pays off on codes clustered as a trained model's are, from about a million items; on random
+codes the scan stays faster at every size measured (bench/multi_index_crossover.py, bench/README.md).
+The tables cost 4 bytes an item and substring, plus 8 bytes per possible
 substring value (2^b; b is about log2 of the item count, at most 22).
 """
 
