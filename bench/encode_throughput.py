@@ -79,12 +79,14 @@ def texts_per_second(encoder, prepared: Path, batch_size: int, loaders: int, rep
     return len(texts) / best
 
 
-def scaling(prepared: Path, settings: dict, batch_size: int, workers: list[int], folder: Path) -> list[dict]:
+def scaling(prepared: Path, settings: dict, batch_size: int | None, workers: list[int], folder: Path) -> list[dict]:
     """The whole encode stage on 1, 2, ... local Dask workers (shards of 4 batches), items per second."""
     from cmhash.encoders import build_encoder
+    from cmhash.encoders.batch_size import resolve_batch_size
     from cmhash.encoding import encode_dataset
 
     encoder = build_encoder(settings)
+    batch_size = batch_size or resolve_batch_size("auto", encoder)
     rows = []
     for count in workers:
         out = folder / f"features-{count}.h5"
@@ -141,8 +143,7 @@ def main(argv=None) -> int:
                 rows.append({"encoder": name, "device": device, "input": "captions", "loaders": loaders,
                              "batch_size": batch_size, "per_second": round(rate, 1)})
                 print(f"{name:9} {device}: captions,            loaders {loaders}: {rate:8.1f} captions/s", flush=True)
-        batch_size = args.batch_size or resolve_batch_size("auto", build_encoder(settings["offline"]))
-        rows += scaling(sources["pixels"], settings["offline"], batch_size, args.dask_workers, Path(folder))
+        rows += scaling(sources["pixels"], settings["offline"], args.batch_size, args.dask_workers, Path(folder))
     write_results(args.out, torch=torch.__version__, threads=torch.get_num_threads(), results=rows)
     return 0
 
