@@ -3,16 +3,23 @@
 One run of ``cmhash-pipeline``:
 
 1. checks the clone (full history, a git identity; for ``push`` the remotes) and takes the
-   workspace, waiting while a ``dvc repro`` or another run works in it;
+   workspace, waiting while a ``dvc repro`` or another run works in it; puts back what a killed
+   run left in a parameter file (or refuses, if it was edited since) and removes the half-written
+   files of killed stages;
 2. writes the run's ``overrides`` into params.yaml as ``dvc exp run -S`` does, and checks them;
-3. runs every stage of dvc.yaml as a task named as DVC names it (``train@djsrh-64``), upstream
-   first and ``max_parallel`` at a time (or on a Dask cluster), each by ``dvc repro --single-item``
-   in its own process: DVC skips what is up to date and restores what its run-cache has seen;
+3. asks DVC once (``dvc status``) which stages are out of date, and runs those and their downstream
+   stages as tasks named as DVC names them (``train@djsrh-64``), upstream first and
+   ``max_parallel`` at a time (or on a Dask cluster), each by ``dvc repro --single-item`` in its
+   own process: DVC skips what is up to date and restores what its run-cache has seen; every
+   other stage is recorded as skipped without starting a process;
 4. saves the workspace as a DVC experiment named after the flow run (``dvc exp show`` lists it),
    puts params.yaml back as it was, and with ``push`` pushes the experiment and its outputs;
 5. publishes the ``metrics-diff`` table against ``baseline`` (default: the experiment of the
-   deployment's last completed run, else HEAD) and fails if a cell dropped by more than
-   ``regression_threshold``, naming the cells.
+   deployment's last completed run with the same data and evaluation settings, else HEAD) and
+   fails if a cell dropped by more than ``regression_threshold``, naming the cells.
+
+Every stage process, and the temporary Prefect server of ``python flows/pipeline.py``, runs under a
+lifeline (``cmhash.orchestration.lifeline``): when this process ends, however it ends, they end too.
 
 Run it once, in Prefect's ephemeral mode, from the project root:  python flows/pipeline.py --help
 Deploy it on a schedule:  prefect.yaml and docs/orchestration.md
@@ -21,6 +28,7 @@ Deploy it on a schedule:  prefect.yaml and docs/orchestration.md
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from pathlib import Path
 from typing import Any, Literal
@@ -29,39 +37,85 @@ from prefect import flow, runtime
 from prefect.artifacts import create_table_artifact
 from prefect.futures import wait
 
-from cmhash.errors import CmhashError
-from cmhash.metrics_diff import diff_metrics, metrics_at, regressions, render_diff, table_records
-from cmhash.orchestration.experiments import experiment_names, name_for_run, previous_experiment, push_experiment, save_experiment
-from cmhash.orchestration.graph import read_pipeline
+from cmhash.errors import CmhashError, quote
+from cmhash.metrics_diff import check_threshold, diff_metrics, header_lines, metrics_at, regressions, render_diff, settings_differences, table_records
+from cmhash.orchestration.dvc_state import out_of_date, read_pipeline
+from cmhash.orchestration.experiments import experiment_names, name_for_run, previous_experiments, push_experiment, save_experiment
 from cmhash.orchestration.tasks import run_stage, stage_task_runner
-from cmhash.orchestration.workspace import check_clone, exclusive_workspace, params_for_run
+from cmhash.orchestration.workspace import check_clone, exclusive_workspace, params_for_run, recover_params, remove_leftover_temporaries
+
+OUTCOME_COLUMNS = ("stage", "outcome", "started", "finished", "seconds", "gpu")
+
+
+def _publish_outcomes(rows: list[dict[str, Any]]) -> None:
+    rows = [{key: row.get(key, "") for key in OUTCOME_COLUMNS} for row in rows]
+    create_table_artifact(rows, key="stage-outcomes", description="What DVC did with each stage of dvc.yaml in this run "
+                          "(skipped with no time: up to date by dvc status, no process started).")
+    print("stages: " + ", ".join(f"{row['stage']} {row['outcome']}" for row in rows))
 
 
 @flow(name="dvc-stages", log_prints=True)
-def run_dvc_stages(root: str) -> list[dict[str, Any]]:
-    """Every stage of dvc.yaml, each as soon as its upstream stages completed; a failed stage's
-    dependents do not run, independent branches finish, and then this flow fails."""
-    futures = {}
-    for stage in read_pipeline(root):
-        futures[stage.name] = run_stage.with_options(task_run_name=stage.name).submit(
-            root, stage.name, stage.gpu, wait_for=[futures[name] for name in stage.upstream])
+def run_dvc_stages(root: str, to_run: list[str], out_of_date: list[str]) -> list[dict[str, Any]]:
+    """The stages named in ``to_run`` (those ``dvc status`` found ``out_of_date`` and their downstream
+    stages; the others are recorded as skipped), each as soon as its upstream stages completed; a
+    failed stage's dependents do not run, independent branches finish, and then this flow fails."""
+    futures, outcomes, failures, not_run = {}, [], [], []
+    stages = read_pipeline(root)
+    for stage in stages:
+        if stage.name in to_run:
+            futures[stage.name] = run_stage.with_options(task_run_name=stage.name).submit(
+                root, stage, stage.name in out_of_date, [futures[name] for name in stage.upstream if name in futures])
     wait(list(futures.values()))
-    outcomes, failures, not_run = [], [], []
-    for name, future in futures.items():
-        if future.state.is_completed():
+    for stage in stages:
+        future = futures.get(stage.name)
+        if future is None:
+            outcomes.append({"stage": stage.name, "outcome": "skipped"})
+        elif future.state.is_completed():
             outcomes.append(future.result())
         elif future.state.is_failed():
             failures.append(str(future.result(raise_on_failure=False)))
-            outcomes.append({"stage": name, "outcome": "failed"})
+            outcomes.append({"stage": stage.name, "outcome": "failed"})
         else:
-            not_run.append(name)
-            outcomes.append({"stage": name, "outcome": "not run (upstream failed)"})
-    rows = [{key: outcome.get(key, "") for key in ("stage", "outcome", "started", "finished", "seconds", "gpu")} for outcome in outcomes]
-    create_table_artifact(rows, key="stage-outcomes", description="What DVC did with each stage of dvc.yaml in this run.")
-    print("stages: " + ", ".join(f"{row['stage']} {row['outcome']}" for row in rows))
+            not_run.append(stage.name)
+            outcomes.append({"stage": stage.name, "outcome": "not run (upstream failed)"})
+    _publish_outcomes(outcomes)
     if failures:
         raise CmhashError("\n".join(failures) + (f"\nnot run, as they depend on a failed stage: {', '.join(not_run)}" if not_run else ""))
     return outcomes
+
+
+def _with_downstream(stages, names: set[str]) -> set[str]:
+    """``names`` and every stage downstream of one of them (stages come upstream first)."""
+    selected = set(names)
+    for stage in stages:
+        if any(upstream in selected for upstream in stage.upstream):
+            selected.add(stage.name)
+    return selected
+
+
+def _output_folders(stages) -> list[str]:
+    """The top folders of the stages' outputs (data, metrics, plots, reports), relative to the clone."""
+    root = Path.cwd().resolve()
+    folders = set()
+    for stage in stages:
+        for path in stage.outs:
+            try:
+                folders.add(Path(path).resolve().relative_to(root).parts[0])
+            except (ValueError, IndexError):
+                continue
+    return sorted(folders)
+
+
+def _comparable_baseline(root: Path, candidates: list[str], new) -> tuple[str, Any]:
+    """The first candidate version with the new version's data and evaluation settings, and its
+    metrics; the first candidate when none has them (its diff then says it is not comparable)."""
+    first = None
+    for candidate in candidates:
+        old = metrics_at(root, candidate)
+        first = first or (candidate, old)
+        if not settings_differences(old.settings, new.settings):
+            return candidate, old
+    return first
 
 
 @flow(name="cmhash-pipeline", log_prints=True)
@@ -79,61 +133,93 @@ def pipeline(
     """Reproduce the DVC pipeline of the clone the run starts in and save it as an experiment.
 
     Args:
-        params_path: the parameter file the overrides apply to (relative to the clone).
-        overrides: dotted keys and values, applied as `dvc exp run -S KEY=VALUE` applies them.
+        params_path: the parameter file the overrides apply to (relative to the clone, inside it).
+        overrides: dotted keys and plain values, applied as `dvc exp run -S KEY=VALUE` applies them (no `${...}`).
         max_parallel: independent stages run at the same time (threads, or local Dask workers).
-        baseline: the version the metrics are compared with; default: the deployment's last completed run, else HEAD.
-        regression_threshold: the run fails if any mAP@all or mAP@50 cell drops by more than this.
+        baseline: the version the metrics are compared with; default: the deployment's last completed run with
+            the same data and evaluation settings, else HEAD.
+        regression_threshold: the run fails if any mAP@all or mAP@50 cell drops by more than this (finite, at least 0).
         push: push the experiment to the git remote `origin` and its outputs to the default DVC remote.
         task_runner: `threads` on this machine, or `dask` (a local cluster, or the one at dask_address).
         dask_address: the scheduler of an existing Dask cluster whose workers share this workspace.
         workspace_timeout: seconds to wait for another run or `dvc repro` in this workspace before refusing.
     """
-    if max_parallel < 1 or regression_threshold < 0:
-        raise CmhashError(f"max_parallel must be at least 1 (got {max_parallel}) and regression_threshold at least 0 "
-                          f"(got {regression_threshold}).")
+    if isinstance(max_parallel, bool) or not isinstance(max_parallel, int) or not 1 <= max_parallel <= 1024:
+        raise CmhashError(f"max_parallel is {quote(max_parallel)}; expected a whole number from 1 to 1024.")
+    regression_threshold = check_threshold(regression_threshold)
+    if isinstance(workspace_timeout, bool) or not isinstance(workspace_timeout, (int, float)) or not (
+            math.isfinite(workspace_timeout) and workspace_timeout >= 0):
+        raise CmhashError(f"workspace_timeout is {quote(workspace_timeout)}; expected a finite number of seconds, at least 0.")
     root = Path.cwd()
     check_clone(root, push)
     runner = stage_task_runner(task_runner, max_parallel, dask_address)
-    with exclusive_workspace(root, workspace_timeout), params_for_run(root, params_path, overrides):
-        outcomes = run_dvc_stages.with_options(task_runner=runner)(str(root))
-        name = save_experiment(root, name_for_run(runtime.flow_run.name, str(runtime.flow_run.id), experiment_names(root)))
+    with exclusive_workspace(root, workspace_timeout):
+        for done in recover_params(root):
+            print(done)
+        with params_for_run(root, params_path, overrides, run=runtime.flow_run.name or ""):
+            stages = read_pipeline(root)
+            for leftover in remove_leftover_temporaries(root, _output_folders(stages)):
+                print(f"removed {leftover}: left half-written by a stage that was killed")
+            stale = out_of_date(root)
+            to_run = _with_downstream(stages, stale)
+            print(f"dvc status: {len(stale)} of {len(stages)} stages out of date, {len(to_run) - len(stale)} downstream of them")
+            if to_run:
+                outcomes = run_dvc_stages.with_options(task_runner=runner)(str(root), sorted(to_run), sorted(stale))
+            else:
+                outcomes = [{"stage": stage.name, "outcome": "skipped"} for stage in stages]
+                _publish_outcomes(outcomes)
+            name = save_experiment(root, name_for_run(runtime.flow_run.name, str(runtime.flow_run.id), experiment_names(root)))
     print(f"saved as experiment {name} (dvc exp show lists it)")
     if push:
         push_experiment(root, name)
         print(f"pushed experiment {name} to origin and its outputs to the default DVC remote")
-    compared_with = baseline or previous_experiment(root) or "HEAD"
-    rows = diff_metrics(metrics_at(root, compared_with), metrics_at(root, name), regression_threshold)
-    create_table_artifact(table_records(rows), key="metrics-diff",
-                          description=f"mAP of experiment {name} against {compared_with}; regression: a drop of more "
-                                      f"than {regression_threshold:g}.")
-    print(render_diff(rows, compared_with, name, regression_threshold))
-    if regressed := regressions(rows):
+    new = metrics_at(root, name)
+    compared_with, old = _comparable_baseline(root, [baseline] if baseline else [*previous_experiments(root)[:20], "HEAD"], new)
+    diff = diff_metrics(old, new, regression_threshold)
+    create_table_artifact(table_records(diff), key="metrics-diff", description=" ".join(header_lines(diff)))
+    print(render_diff(diff))
+    if diff.unreadable:
+        raise CmhashError(f"experiment {name}: metrics file(s) could not be read: " + "; ".join(diff.unreadable))
+    if regressed := regressions(diff):
         raise CmhashError(f"experiment {name} regressed against {compared_with} by more than {regression_threshold:g}: "
                           + "; ".join(regressed))
-    return {"experiment": name, "baseline": compared_with, "stages": outcomes}
+    return {"experiment": name, "baseline": compared_with, "comparable": not diff.not_comparable, "stages": outcomes}
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Run the cmhash pipeline once as a Prefect flow (ephemeral mode "
-                                                 "unless PREFECT_API_URL names a server), from the project root.")
+    parser = argparse.ArgumentParser(description="Run the cmhash pipeline once as a Prefect flow, from the project root: "
+                                                 "against the server of PREFECT_API_URL, or else a temporary one started "
+                                                 "here (and stopped with this process).")
     parser.add_argument("--params", default="params.yaml", help="parameter file the overrides apply to")
     parser.add_argument("-S", "--set-param", action="append", default=[], metavar="KEY=VALUE",
                         help="override a parameter for this run, as `dvc exp run -S` does (repeatable)")
     parser.add_argument("--max-parallel", type=int, default=2, help="stages run at the same time (default: 2)")
     parser.add_argument("--baseline", help="version to compare the metrics with (default: HEAD)")
-    parser.add_argument("--regression-threshold", type=float, default=0.01, help="fail on a larger mAP drop (default: 0.01)")
+    parser.add_argument("--regression-threshold", type=float, default=0.01,
+                        help="fail on a larger mAP drop: a finite number of at least 0 (default: 0.01)")
     parser.add_argument("--push", action="store_true", help="push the experiment and its outputs")
     parser.add_argument("--task-runner", choices=("threads", "dask"), default="threads")
     parser.add_argument("--dask-address", help="scheduler address of an existing Dask cluster")
     parser.add_argument("--workspace-timeout", type=float, default=600,
                         help="seconds to wait for a dvc repro or another run in this clone before refusing (default: 600)")
     args = parser.parse_args(argv)
-    if bad := [item for item in args.set_param if "=" not in item]:
-        parser.error(f"-S takes KEY=VALUE, got {', '.join(bad)}")
-    overrides = dict(item.split("=", 1) for item in args.set_param)
-    state = pipeline(args.params, overrides, args.max_parallel, args.baseline, args.regression_threshold, args.push,
-                     args.task_runner, args.dask_address, args.workspace_timeout, return_state=True)
+    overrides: dict[str, str] = {}
+    for item in args.set_param:
+        key, sep, value = item.partition("=")
+        if not sep:
+            parser.error(f"-S takes KEY=VALUE, got {quote(item)}")
+        if key in overrides:
+            parser.error(f"-S {quote(key)} is given twice")
+        overrides[key] = value
+    try:
+        check_threshold(args.regression_threshold, "--regression-threshold")
+    except CmhashError as err:
+        parser.error(str(err))
+    from cmhash.orchestration.prefect_server import api_for_this_process
+
+    with api_for_this_process():
+        state = pipeline(args.params, overrides, args.max_parallel, args.baseline, args.regression_threshold, args.push,
+                         args.task_runner, args.dask_address, args.workspace_timeout, return_state=True)
     if not state.is_completed():
         print(f"cmhash-pipeline: {state.message}", file=sys.stderr)
         return 1

@@ -1,11 +1,15 @@
-"""`cmhash diff`: the metrics of two versions, one row per method, length and direction."""
+"""`cmhash diff`: the metrics of two versions, one row per method, length and direction; unreadable
+files, thresholds that would switch the gate off, and versions that are not comparable."""
 
 import json
 
+import pytest
+import yaml
 from conftest import run_command
 
 from cmhash.cli import main
-from cmhash.metrics_diff import diff_metrics, regressions
+from cmhash.errors import CmhashError
+from cmhash.metrics_diff import VersionMetrics, check_threshold, diff_metrics, regressions
 
 DVC_YAML = """stages:
   evaluate:
@@ -25,36 +29,98 @@ def _metrics(root, djsrh_i2t: float, clipmh: float) -> None:
     (root / "metrics" / "clipmh-16.json").write_text(json.dumps({"p2p": scores(clipmh)}))
 
 
-def test_cmhash_diff_compares_two_versions(tmp_path, capsys):
+@pytest.fixture
+def versions(tmp_path):
+    """A DVC project with metrics committed at HEAD (0.70 / 0.80) and changed in the workspace."""
     for command in (["git", "init", "-q"], ["git", "config", "user.email", "t@example.com"], ["git", "config", "user.name", "t"],
                     ["dvc", "init", "-q"]):
         run_command(command, tmp_path)
     (tmp_path / "dvc.yaml").write_text(DVC_YAML)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"dataset": {"name": "builtin", "builtin": {"size": 6000}},
+                                                          "train": {"methods": ["djsrh", "clipmh"], "bits": [16]},
+                                                          "evaluate": {"device": "auto", "map_ks": [50]}}))
     _metrics(tmp_path, djsrh_i2t=0.70, clipmh=0.80)
     run_command(["git", "add", "-A"], tmp_path)
     run_command(["git", "commit", "-qm", "v1"], tmp_path)
     _metrics(tmp_path, djsrh_i2t=0.65, clipmh=0.805)
+    return tmp_path
 
-    assert main(["diff", "--root", str(tmp_path)]) == 0
+
+def test_cmhash_diff_compares_two_versions(versions, capsys):
+    assert main(["diff", "--root", str(versions)]) == 0
     out = capsys.readouterr().out
     assert "metrics: HEAD (old) -> workspace (new); regression: a drop of more than 0.01" in out
+    assert "not comparable" not in out
     lines = {tuple(line.split()[:3]): line for line in out.splitlines()[3:]}
     assert lines["djsrh", "16", "I→T"].split()[3:10] == ["0.700", "0.650", "-0.050", "0.800", "0.750", "-0.050", "mAP@all,"]
     assert lines["djsrh", "16", "I→T"].endswith("<<") and not lines["djsrh", "16", "T→I"].endswith("<<")
     assert lines["clipmh", "16", "pair→pair"].split()[3:6] == ["0.800", "0.805", "+0.005"]
 
-    assert main(["diff", "--root", str(tmp_path), "--json", "HEAD", "workspace"]) == 0
+    assert main(["diff", "--root", str(versions), "--json", "HEAD", "workspace"]) == 0
     records = json.loads(capsys.readouterr().out)
     assert len(records) == 3 and records[1]["mAP@all Δ"] == -0.05 and records[1]["regression"] == "mAP@all, mAP@50"
 
-    assert main(["diff", "--root", str(tmp_path), "v0", "HEAD"]) == 1
+    assert main(["diff", "--root", str(versions), "v0", "HEAD"]) == 1
     assert "'v0' is neither a commit, a branch, a tag nor an experiment" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("threshold", ["nan", "-0.01", "inf", "-inf"])
+def test_a_threshold_that_would_switch_the_gate_off_is_refused(versions, capsys, threshold):
+    assert main(["diff", "--root", str(versions), f"--threshold={threshold}"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("cmhash diff: error: --threshold is") and "expected a finite number of at least 0" in err
+    assert len(err.splitlines()) == 1
+    for value in (float("nan"), -1e-9, float("inf"), True, "0.01"):
+        with pytest.raises(CmhashError, match="regression_threshold is .*; expected a finite number of at least 0"):
+            check_threshold(value)
+    assert check_threshold(0) == 0.0
+
+
+@pytest.mark.parametrize("content, problem", [
+    ("{not json", "not JSON"),
+    ('{"i2t": {"map_all": "abc", "map_50": 0.5}}', "i2t.map_all is 'abc', not a number"),
+    ('{"i2t": {"map_all": NaN}}', "i2t.map_all is nan, not a number"),
+    ('{"i2t": {"map_50": 0.5}}', "'i2t' holds no map_all"),
+    ('[1, 2]', "not a mapping of directions to scores"),
+    (None, "missing"),
+])
+def test_an_unreadable_metrics_file_is_a_row_that_says_why_and_exit_1(versions, capsys, content, problem):
+    path = versions / "metrics" / "djsrh-16.json"
+    if content is None:
+        path.unlink()
+    else:
+        path.write_text(content)
+    assert main(["diff", "--root", str(versions)]) == 1
+    captured = capsys.readouterr()
+    assert f"djsrh  16  unreadable: metrics/djsrh-16.json at workspace: {problem}" in captured.out
+    assert "cmhash diff: error: 1 metrics file(s) could not be read: metrics/djsrh-16.json at workspace" in captured.err
+    assert "Traceback" not in captured.out + captured.err
+    assert "clipmh" in captured.out  # the readable cells are still compared
+
+
+def test_outside_a_dvc_project_is_one_line(tmp_path, capsys):
+    assert main(["diff", "--root", str(tmp_path)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err == (f"cmhash diff: error: {tmp_path} is not a DVC project in a git repository (no .dvc folder or no git); "
+                   "run cmhash diff in the project's clone or pass --root.")
+
+
+def test_versions_with_other_data_or_evaluation_settings_are_not_comparable(versions, capsys):
+    params = yaml.safe_load((versions / "params.yaml").read_text())
+    params["dataset"]["builtin"]["size"] = 600
+    params["evaluate"]["device"] = "cpu"  # the device changes no number: not named
+    (versions / "params.yaml").write_text(yaml.safe_dump(params))
+    assert main(["diff", "--root", str(versions)]) == 0
+    out = capsys.readouterr().out
+    assert ("not comparable: the two versions differ in data or evaluation settings (dataset.builtin.size 6000 -> 600), "
+            "so no change is a regression") in out
+    assert "<<" not in out and "0.650" in out
+
+
 def test_regressions_name_the_cells():
-    old = {("dcmht", 64, "i2t"): {"map_all": 0.711, "map_50": 0.9}, ("lsh", 64, "i2t"): {"map_all": 0.5, "map_50": 0.5}}
-    new = {("dcmht", 64, "i2t"): {"map_all": 0.684, "map_50": 0.895}, ("lsh", 64, "i2t"): {"map_all": 0.49, "map_50": 0.5},
-           ("itq", 64, "i2t"): {"map_all": 0.3, "map_50": 0.3}}
-    rows = diff_metrics(old, new, threshold=0.01)
-    assert regressions(rows) == ["dcmht 64 bits I→T mAP@all 0.711 -> 0.684 (-0.027)"]  # -0.01 is not beyond 0.01
-    assert [row.method for row in rows] == ["dcmht", "itq", "lsh"] and rows[1].old == {}  # new in this version
+    old = VersionMetrics("a", {("dcmht", 64, "i2t"): {"map_all": 0.711, "map_50": 0.9}, ("lsh", 64, "i2t"): {"map_all": 0.5, "map_50": 0.5}})
+    new = VersionMetrics("b", {("dcmht", 64, "i2t"): {"map_all": 0.684, "map_50": 0.895}, ("lsh", 64, "i2t"): {"map_all": 0.49, "map_50": 0.5},
+                               ("itq", 64, "i2t"): {"map_all": 0.3, "map_50": 0.3}})
+    diff = diff_metrics(old, new, threshold=0.01)
+    assert regressions(diff) == ["dcmht 64 bits I→T mAP@all 0.711 -> 0.684 (-0.027)"]  # -0.01 is not beyond 0.01
+    assert [row.method for row in diff.rows] == ["dcmht", "itq", "lsh"] and diff.rows[1].old == {}  # new in this version

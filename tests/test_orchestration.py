@@ -229,7 +229,7 @@ def test_flow_stages_are_dvcs_own(tmp_path):
     project = scratch_project(tmp_path, params)
     with open(project / "dvc.yaml", "a") as dvc_yaml:
         dvc_yaml.write("\n  summary:\n    cmd: cat reports/results.md\n    deps: [reports/results.md]\n")
-    from cmhash.orchestration.graph import read_pipeline
+    from cmhash.orchestration.dvc_state import read_pipeline
 
     stages = read_pipeline(project)
     dot = run_command(["dvc", "dag", "--dot"], project).stdout
@@ -288,7 +288,7 @@ def test_parallel_stages_overlap_each_on_a_gpu_of_its_own(prefect_server, tmp_pa
                    if interval(a)[0] < interval(b)[1] and interval(b)[0] < interval(a)[1]]
     assert overlapping, rows
     assert all(a["gpu"] != b["gpu"] for a, b in overlapping if a["gpu"] and b["gpu"])
-    from cmhash.orchestration.graph import read_pipeline
+    from cmhash.orchestration.dvc_state import read_pipeline
 
     stages = read_pipeline(project)
     assert {row["stage"]: row["gpu"] in ("0", "1") for row in rows} == {stage.name: stage.gpu for stage in stages}

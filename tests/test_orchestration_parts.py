@@ -3,6 +3,7 @@ locks, GPU leases, reading what DVC did, experiment names and the metrics diff."
 
 import json
 import subprocess
+import sys
 import threading
 import time
 
@@ -13,8 +14,18 @@ from conftest import run_command, scratch_project, tiny_params
 from cmhash.errors import CmhashError
 from cmhash.orchestration.devices import gpu_lease
 from cmhash.orchestration.experiments import name_for_run
-from cmhash.orchestration.stage_process import StageFailed, outcome_of, stage_error
-from cmhash.orchestration.workspace import active_dvc_processes, check_clone, exclusive_workspace, override_arguments, params_for_run
+from cmhash.orchestration.stage_process import stage_error
+from cmhash.orchestration.workspace import (
+    RECORDS,
+    active_dvc_processes,
+    check_clone,
+    exclusive_workspace,
+    params_for_run,
+    recover_params,
+    remove_leftover_temporaries,
+)
+from cmhash.params import load_params
+from cmhash.params_file import parse_overrides
 
 
 @pytest.fixture
@@ -23,41 +34,106 @@ def project(tmp_path):
 
 
 def test_overrides_are_written_as_dvc_exp_run_s_writes_them(project):
-    assert override_arguments({"methods.djsrh.epochs": "3", "train.bits": [16, 32], "dataset.name": "builtin",
-                               "methods.dcmht": {"lr": 0.1, "epochs": 1}}) == [
-        "methods.djsrh.epochs=3", "train.bits=[16, 32]", "dataset.name=builtin", "methods.dcmht.lr=0.1",
-        "methods.dcmht.epochs=1"]
+    assert parse_overrides({"methods.djsrh.epochs": "3", "train.bits": [16, 32], "dataset.name": "builtin",
+                            "methods.dcmht": {"lr": 0.1, "epochs": 1}, "methods.djsrh.lr_image": "1e-3",
+                            "methods.jdsh.lr": 1e-9}) == {
+        "methods.djsrh.epochs": 3, "train.bits": [16, 32], "dataset.name": "builtin", "methods.dcmht.lr": 0.1,
+        "methods.dcmht.epochs": 1, "methods.djsrh.lr_image": 0.001, "methods.jdsh.lr": 1e-9}
+    (project / "params.yaml").write_text("# Every knob of every stage\n" + (project / "params.yaml").read_text())
     original = (project / "params.yaml").read_text()
-    with params_for_run(project, "params.yaml", {"methods.djsrh.epochs": "3", "train.bits": [16]}) as path:
-        params = yaml.safe_load(path.read_text())
+    with params_for_run(project, "params.yaml", {"methods.djsrh.epochs": "3", "train.bits": [16],
+                                                 "methods.jdsh.lr": 1e-9}) as path:
+        params = load_params(path)  # read back as the stages read it: 1e-09 is a number (YAML 1.2)
         assert params["methods"]["djsrh"]["epochs"] == 3 and params["train"]["bits"] == [16]
+        assert params["methods"]["jdsh"]["lr"] == 1e-9
+        assert "# Every knob of every stage" in path.read_text()  # comments kept
     assert (project / "params.yaml").read_text() == original  # put back
+    assert not list((project / RECORDS).glob("*"))
 
 
 @pytest.mark.parametrize("overrides, message", [
     ({"train.bits": "[16, '32;touch x']"}, "train.bits[1] is '32;touch x'; expected a whole number"),
-    ({"methods.djsrh.epoch": 3}, "Could not override 'methods.djsrh.epoch'"),
+    ({"methods.djsrh.epoch": 3}, "unknown key methods.djsrh.epoch; did you mean methods.djsrh.epochs?"),
+    ({"methods.nope.epochs": 3}, "override methods.nope.epochs: .* has no mapping methods.nope"),
     ({"train.methods": ["lsh", "nope"]}, "train.methods[1] is 'nope'; expected one of 'lsh'"),
+    ({"dataset.root": "${oc.env:SECRET_TOKEN}"}, "override dataset.root: interpolations such as ${...}"),
+    ({"dataset.root": "a${b}"}, "override dataset.root: interpolations"),
+    ({"train.methods": ["lsh", "${x}"]}, "override train.methods: interpolations"),
+    ({"${oc.env:X}": 1}, "override key '${oc.env:X}': expected dotted names"),
+    ({"train.seed": "&a [1, *a]"}, "override train.seed line 1: YAML anchors and aliases"),
+    ({"train.seed": "[" * 100 + "]" * 100}, "override train.seed line 1: nested more than 32 levels"),
+    ({"train.seed": 2 ** 40}, "train.seed is 1099511627776; expected at most 4294967295"),
 ])
-def test_bad_overrides_are_refused_before_anything_runs(project, overrides, message):
+def test_bad_overrides_are_refused_before_anything_is_written(project, monkeypatch, overrides, message):
+    monkeypatch.setenv("SECRET_TOKEN", "hunter2-very-secret")
     original = (project / "params.yaml").read_text()
     ran = False
-    with pytest.raises(CmhashError, match=message.replace("[", r"\[")):
+    with pytest.raises(CmhashError, match=message.replace("[", r"\[").replace("$", r"\$").replace("{", r"\{")) as error:
         with params_for_run(project, "params.yaml", overrides):
             ran = True
     assert not ran and (project / "params.yaml").read_text() == original
+    assert "hunter2" not in str(error.value) and "\n" not in str(error.value)
+    assert not (project / RECORDS).exists() or not list((project / RECORDS).glob("*"))
 
 
-def test_params_left_by_a_killed_run_are_restored_first(project, capsys):
-    original = (project / "params.yaml").read_text()
-    backup = project / ".dvc" / "tmp" / "cmhash-before-run-params.yaml"
-    backup.parent.mkdir(parents=True, exist_ok=True)
-    backup.write_text(original)
-    (project / "params.yaml").write_text(original.replace("seed: 0", "seed: 7"))  # the killed run's override
-    with params_for_run(project) as path:
-        assert yaml.safe_load(path.read_text()) == yaml.safe_load(original)
-    assert "an earlier run ended before it could put the file back" in capsys.readouterr().out
-    assert (project / "params.yaml").read_text() == original and not backup.exists()
+def _killed_run(project, params_path="params.yaml", overrides=None):
+    """A run killed (SIGKILL) while its overrides are in the parameter file."""
+    code = ("import os, sys; from cmhash.orchestration.workspace import params_for_run\n"
+            f"with params_for_run({str(project)!r}, {params_path!r}, {overrides or {'train.seed': 7}!r}, run='killed-run'):\n"
+            "    os.kill(os.getpid(), 9)\n")
+    assert subprocess.run([sys.executable, "-c", code]).returncode == -9
+
+
+def test_params_left_by_a_killed_run_are_restored_first(project):
+    original = (project / "params.yaml").read_bytes()
+    _killed_run(project)
+    assert yaml.safe_load((project / "params.yaml").read_text())["train"]["seed"] == 7  # the killed run's override
+    assert recover_params(project) == [f"restored {project / 'params.yaml'} as it was before run killed-run, which "
+                                       "ended before it could put the file back"]
+    assert (project / "params.yaml").read_bytes() == original and not list((project / RECORDS).glob("*"))
+    assert recover_params(project) == []
+
+
+def test_an_edit_made_after_a_killed_run_is_never_overwritten(project):
+    _killed_run(project)
+    edited = (project / "params.yaml").read_text().replace("bits:\n  - 16", "bits:\n  - 64")
+    (project / "params.yaml").write_text(edited)  # the user's edit, made after the crash
+    for attempt in range(2):  # refused, and again next time, until the user decides
+        with pytest.raises(CmhashError, match="has been edited since, so this run touched neither it nor the copy") as error:
+            recover_params(project)
+        assert (project / "params.yaml").read_text() == edited
+        copy = next((project / RECORDS).glob("*.before"))
+        assert str(copy) in str(error.value) and "then delete" in str(error.value)
+        assert yaml.safe_load(copy.read_text())["train"]["seed"] == 0  # the file from before the killed run
+
+
+def test_a_killed_run_of_another_parameter_file_puts_back_that_file_only(project):
+    (project / "sub").mkdir()
+    other = project / "sub" / "params.yaml"
+    other.write_text((project / "params.yaml").read_text())
+    original, main_file = other.read_bytes(), (project / "params.yaml").read_bytes()
+    _killed_run(project, "sub/params.yaml")
+    (project / "params.yaml").write_text((project / "params.yaml").read_text().replace("seed: 0", "seed: 5"))  # a user edit
+    edited = (project / "params.yaml").read_bytes()
+    assert len(recover_params(project)) == 1
+    assert other.read_bytes() == original and (project / "params.yaml").read_bytes() == edited != main_file
+
+
+def test_a_parameter_file_outside_the_clone_is_refused(project, tmp_path):
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "params.yaml").write_text((project / "params.yaml").read_text())
+    for path in ("../other/params.yaml", str(tmp_path / "other" / "params.yaml")):
+        with pytest.raises(CmhashError, match="is outside the clone"):
+            with params_for_run(project, path, {"train.seed": 1}):
+                pass
+    assert (tmp_path / "other" / "params.yaml").read_text() == (project / "params.yaml").read_text()
+
+
+def test_an_edit_during_the_run_is_kept_and_named(project):
+    with pytest.raises(CmhashError, match="changed while the run used it, so it was not put back"):
+        with params_for_run(project, "params.yaml", {"train.seed": 3}) as path:
+            path.write_text(path.read_text() + "\n# my note\n")
+    assert (project / "params.yaml").read_text().endswith("# my note\n")
 
 
 def test_a_second_run_in_one_workspace_waits_then_refuses(project):
@@ -124,12 +200,7 @@ def test_gpu_leases_never_share_a_device():
         assert none is None  # no GPU: no waiting
 
 
-def test_what_dvc_did_is_read_from_its_output():
-    assert outcome_of("train@lsh-16", ["Running stage 'train@lsh-16':", "> cmhash train"]) == "ran"
-    assert outcome_of("prepare", ["Stage 'prepare' is cached - skipping run, checking out outputs"]) == "restored"
-    assert outcome_of("report", ["Stage 'report' didn't change, skipping"]) == "skipped"
-    with pytest.raises(StageFailed, match="neither that it ran"):
-        outcome_of("report", ["something else"])
+def test_the_stage_error_is_the_commands_own_message():
     lines = ["Running stage 'validate':", "> cmhash validate",
              "cmhash validate: error: data/prepared/builtin.h5: 1 of 30 expectations failed:",
              "- items: every item has at least one label (item 5)",
@@ -138,6 +209,28 @@ def test_what_dvc_did_is_read_from_its_output():
                                   "- items: every item has at least one label (item 5)")
     assert stage_error(["ERROR: failed to reproduce 'x': output 'y' does not exist"]) == \
         "failed to reproduce 'x': output 'y' does not exist"
+
+
+def test_files_half_written_by_killed_stages_are_removed(project):
+    from cmhash.atomic import atomic_directory, atomic_path
+
+    kept = project / "data" / "models" / "lsh-16" / "codes.h5"
+    kept.parent.mkdir(parents=True)
+    kept.write_text("a finished output")
+    code = ("import os; from cmhash.atomic import atomic_path, atomic_directory\n"
+            f"with atomic_directory({str(project / 'data' / 'index' / 'lsh-16')!r}) as folder:\n"
+            "    (folder / 'ids.npy').write_text('half')\n"
+            f"    with atomic_path({str(project / 'metrics' / 'lsh-16.json')!r}) as tmp:\n"
+            "        tmp.write_text('half'); os.kill(os.getpid(), 9)\n")
+    assert subprocess.run([sys.executable, "-c", code]).returncode == -9
+    partial = project / "data" / "features" / "builtin.h5.partial"  # an interrupted encode: resumable, kept
+    partial.parent.mkdir(parents=True)
+    partial.write_text("resume me")
+    removed = remove_leftover_temporaries(project, ["data", "metrics", "plots"])
+    assert sorted(path.parent.name for path in removed) == ["index", "metrics"]
+    assert all(path.name.endswith(".tmp") for path in removed) and not any(path.exists() for path in removed)
+    assert kept.read_text() == "a finished output" and partial.exists()
+    assert atomic_path and atomic_directory
 
 
 def test_experiments_are_named_after_the_flow_run():

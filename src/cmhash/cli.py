@@ -100,13 +100,14 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--params", default="params.yaml", type=Path, help="parameter file (default: params.yaml)")
     serve.add_argument("--root", default=Path("."), type=Path, help="project folder that holds data/ (default: .)")
     diff_help = ("compare mAP@all and mAP@50 of two versions (commits, branches, tags, experiments by name, or the "
-                 "workspace): one row per method, code length and direction, drops beyond --threshold marked")
+                 "workspace): one row per method, code length and direction, drops beyond --threshold marked; versions "
+                 "whose data or evaluation settings differ are shown as not comparable; exit 1 if a metrics file is unreadable")
     diff = sub.add_parser("diff", help=diff_help, description=diff_help)
     diff.add_argument("old", nargs="?", default="HEAD", help="the version compared with (default: HEAD)")
     diff.add_argument("new", nargs="?", default="workspace", help="the version compared (default: workspace)")
     diff.add_argument("--root", default=Path("."), type=Path, help="the DVC project (default: .)")
     diff.add_argument("--threshold", type=float, default=0.01,
-                      help="mark a drop larger than this as a regression (default: 0.01)")
+                      help="mark a drop larger than this as a regression: a finite number of at least 0 (default: 0.01)")
     diff.add_argument("--json", action="store_true", help="print the rows as JSON records")
     return parser
 
@@ -120,15 +121,20 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         if args.stage == "diff":
-            from cmhash.metrics_diff import diff_metrics, metrics_at, render_diff, table_records
+            from cmhash.metrics_diff import check_threshold, diff_metrics, metrics_at, render_diff, table_records
 
-            rows = diff_metrics(metrics_at(args.root, args.old), metrics_at(args.root, args.new), args.threshold)
+            threshold = check_threshold(args.threshold, "--threshold")
+            diff = diff_metrics(metrics_at(args.root, args.old), metrics_at(args.root, args.new), threshold)
             if args.json:
                 import json
 
-                print(json.dumps(table_records(rows), indent=2, ensure_ascii=False))
+                print(json.dumps(table_records(diff), indent=2, ensure_ascii=False))
             else:
-                print(render_diff(rows, args.old, args.new, args.threshold))
+                print(for_terminal(render_diff(diff)))
+            if diff.unreadable:
+                print(f"cmhash diff: error: {len(diff.unreadable)} metrics file(s) could not be read: " + "; ".join(diff.unreadable),
+                      file=sys.stderr)
+                return 1
             return 0
         if args.stage == "plots-page":
             from cmhash.plots_page import default_cache_dir, render_plots_page

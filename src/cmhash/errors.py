@@ -15,3 +15,16 @@ def for_terminal(text: str) -> str:
     except newlines and tabs: labels and captions come from users' data, and an ANSI escape sequence
     in one must not recolour, clear or rewrite the terminal it is printed to."""
     return "".join(ch if ch.isprintable() or ch in "\n\t" else repr(ch)[1:-1] for ch in text)
+
+
+def quote(value: object, limit: int = 60) -> str:
+    """``repr(value)``, at most ``limit`` characters: a message names what it refuses, but never
+    all of a huge or deeply nested value (``reprlib`` stops early, so even a value built from
+    thousands of shared references is quoted at once)."""
+    import reprlib
+
+    shortener = reprlib.Repr()
+    shortener.maxlevel, shortener.maxdict, shortener.maxlist, shortener.maxtuple, shortener.maxset = 3, 4, 4, 4, 4
+    shortener.maxstring = shortener.maxother = shortener.maxlong = limit
+    text = shortener.repr(value)
+    return text if len(text) <= limit else text[:limit - 1] + "…"

@@ -17,10 +17,9 @@ import typing
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator
 
-from cmhash.errors import CmhashError
+from cmhash.errors import CmhashError, quote
 
 
 class Section(BaseModel):
@@ -31,36 +30,26 @@ class Section(BaseModel):
                               populate_by_name=True)
 
 
-PositiveInt = Annotated[int, Field(ge=1)]
+Seed = Annotated[int, Field(ge=0, le=2**32 - 1)]        # what numpy's and torch's generators take everywhere
+Count = Annotated[int, Field(ge=1, le=1_000_000_000)]   # items, ks, ranks: far above any dataset here
 Device = Annotated[str, Field(pattern=r"^(auto|cpu|cuda(:\d+)?)$")]
 
 
 # ---- settings taken from a class signature (encoders, hashing methods)
 
-# Ranges the settings' names imply: counts are at least 1, a minibatch has at least 2 items (its
-# similarities need a pair), rates and weights are not negative, and a learning rate is positive.
-_AT_LEAST = {"epochs": 1, "batch_size": 2, "hidden": 1, "width": 1, "heads": 1, "layers": 1, "feedforward": 1,
-             "iterations": 1, "max_words": 1, "image_size": 32}
-_POSITIVE = {"lr", "lr_image", "lr_text", "clip_lr"}
-_NOT_NEGATIVE = {"lr_final", "weight_decay", "momentum", "grad_clip", "warmup", "quantization", "regularization"}
 _SIGNATURE_ONLY = {"self", "bits", "seed", "device", "progress"}  # given by the stage, not by params.yaml
 
 
 def settings_model(cls: type, name: str, partial: bool = False) -> type[Section]:
-    """A schema of the keyword settings of ``cls``'s constructor (types from its annotations,
-    defaults from its signature); ``partial``: every setting optional, no defaults filled in."""
-    hints = typing.get_type_hints(cls.__init__)
+    """A schema of the keyword settings of ``cls``'s constructor: types and ranges from its
+    annotations (``epochs: Epochs = 40``), defaults from its signature; ``partial``: every setting
+    optional, no defaults filled in."""
+    hints = typing.get_type_hints(cls.__init__, include_extras=True)
     fields: dict[str, Any] = {}
     for parameter in inspect.signature(cls.__init__).parameters.values():
         if parameter.name in _SIGNATURE_ONLY:
             continue
         constraint: dict[str, Any] = {}
-        if parameter.name in _AT_LEAST:
-            constraint["ge"] = _AT_LEAST[parameter.name]
-        elif parameter.name in _POSITIVE:
-            constraint["gt"] = 0
-        elif parameter.name in _NOT_NEGATIVE:
-            constraint["ge"] = 0
         kind = hints.get(parameter.name, Any)
         # pydantic keeps the name model_config for itself: such a setting gets another name in
         # Python and keeps its own in params.yaml (the alias)
@@ -96,9 +85,10 @@ def schema() -> type[Section]:
     sources = {name: (source_module(name).Options, source_module(name).Options()) for name in SOURCES}
     dataset_fields: dict[str, Any] = dict(
         name=(Literal[tuple(SOURCES)], ...),
-        seed=(Annotated[int, Field(ge=0)], 0),
+        seed=(Seed, 0),
         root=(str | None, None),
-        max_image_pixels=(PositiveInt, MAX_IMAGE_PIXELS),
+        # 1 Gpx at most: decoding one such RGB image takes 3 GB
+        max_image_pixels=(Annotated[int, Field(ge=1, le=1_000_000_000)], MAX_IMAGE_PIXELS),
         split=(str | dict[str, int | str] | None, None),
         **sources,
     )
@@ -113,8 +103,8 @@ def schema() -> type[Section]:
     Dataset = create_model("Dataset", __base__=Section, __validators__={
         "split_is_a_protocol_or_sizes": field_validator("split")(check_split)}, **dataset_fields)
     def check_batch_size(cls, value):
-        if value != "auto" and (type(value) is not int or value < 1):
-            raise ValueError(f"encode.batch_size is {value!r}; expected auto or a whole number of at least 1")
+        if value != "auto" and (type(value) is not int or not 1 <= value <= 65_536):
+            raise ValueError(f"encode.batch_size is {quote(value)}; expected auto or a whole number from 1 to 65536")
         return value
 
     Encode = create_model(
@@ -122,15 +112,15 @@ def schema() -> type[Section]:
             "batch_size_is_auto_or_a_count": field_validator("batch_size", mode="before")(check_batch_size)},
         backend=(Literal["offline", "open_clip"], "offline"), device=(Device, "auto"), batch_size=(int | str, "auto"),
         text=(Literal["auto", "captions", "bag_of_words"], "auto"),
-        loaders=(Annotated[int, Field(ge=0)], 2), shard_items=(PositiveInt, 4096),
-        workers=(Annotated[int, Field(ge=0)], 0), scheduler=(str | None, None),
+        loaders=(Annotated[int, Field(ge=0, le=256)], 2), shard_items=(Count, 4096),
+        workers=(Annotated[int, Field(ge=0, le=4096)], 0), scheduler=(str | None, None),
         offline=(settings_model(OfflinePretrainedEncoder, "Offline"), settings_model(OfflinePretrainedEncoder, "Offline")()),
         open_clip=(settings_model(OpenClipEncoder, "OpenClip"), settings_model(OpenClipEncoder, "OpenClip")()))
     from cmhash.codes import MAX_BITS
 
     Bits = Annotated[int, Field(ge=1, le=MAX_BITS)]
     Train = create_model(
-        "Train", __base__=Section, seed=(Annotated[int, Field(ge=0)], 0), device=(Device, "auto"),
+        "Train", __base__=Section, seed=(Seed, 0), device=(Device, "auto"),
         methods=(Annotated[list[Literal[tuple(METHODS)]], Field(min_length=1)], list(METHODS)),
         bits=(Annotated[list[Bits], Field(min_length=1)], [16, 32, 64, 128]))
     settings, overrides = _method_models(False), _method_models(True)
@@ -141,8 +131,8 @@ def schema() -> type[Section]:
                                     **{name: (MethodOverrides | None, None) for name in SOURCES})
     Evaluate = create_model(
         "Evaluate", __base__=Section, device=(Device, "auto"),
-        map_ks=(list[PositiveInt], list(DEFAULT_MAP_KS)),
-        top_r=(Annotated[list[PositiveInt], Field(min_length=1)], list(DEFAULT_TOP_R)))
+        map_ks=(Annotated[list[Count], Field(max_length=100)], list(DEFAULT_MAP_KS)),
+        top_r=(Annotated[list[Count], Field(min_length=1, max_length=1000)], list(DEFAULT_TOP_R)))
     return create_model("Params", __base__=Section, dataset=(Dataset, ...), encode=(Encode, Encode()),
                         train=(Train, Train()), methods=(Methods, Methods()),
                         dataset_overrides=(DatasetOverrides, DatasetOverrides()), evaluate=(Evaluate, Evaluate()))
@@ -185,12 +175,14 @@ def _describe(error: dict[str, Any], model: type[BaseModel]) -> str:
         "finite_number": "a finite number", "greater_than_equal": f"at least {context.get('ge')}",
         "greater_than": f"more than {context.get('gt')}", "less_than_equal": f"at most {context.get('le')}",
         "literal_error": f"one of {context.get('expected')}", "too_short": "at least one entry",
+        "too_long": f"at most {context.get('max_length')} entries",
         "string_pattern_mismatch": "auto, cpu, cuda or cuda:N",
     }.get(kind)
     if kind == "value_error":
         message = str(error["msg"]).removeprefix("Value error, ")
+        message = quote(message, 300)[1:-1] if len(message) > 300 else message
         return message if message.startswith(key) else f"{key}: {message}"
-    return f"{key} is {given!r}; expected {expected or error['msg']}"
+    return f"{key} is {quote(given)}; expected {expected or quote(error['msg'], 200)}"
 
 
 def _keys_at(model: type[BaseModel], loc: list[str]) -> list[str]:
@@ -212,11 +204,9 @@ def load_params(path: str | Path = "params.yaml") -> dict[str, Any]:
             f"{path}: parameter file not found. Run cmhash from the project root "
             "(the folder with dvc.yaml and params.yaml) or pass --params PATH."
         )
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as err:
-        raise CmhashError(f"{path}: not valid YAML: {err}") from err
-    return validate_params(raw, path)
+    from cmhash.params_file import read_yaml_file
+
+    return validate_params(read_yaml_file(path), path)
 
 
 def method_params(params: dict[str, Any], method: str) -> dict[str, Any]:

@@ -25,9 +25,9 @@ import json
 from typing import Any
 
 import numpy as np
-import yaml
 
 from cmhash.errors import CmhashError
+from cmhash.params_file import read_yaml_text
 
 DEFAULT_VALIDATION_SHARE = 0.2
 
@@ -43,18 +43,9 @@ def parse_grid(entries: list[str]) -> dict[str, list[Any]]:
             raise CmhashError(f"--grid {entry!r}: write NAME=VALUE[,VALUE...], e.g. --grid lr=0.001,0.003")
         if name in grid:
             raise CmhashError(f"--grid: {name!r} is given twice; list all its values in one --grid {name}=V1,V2")
-        grid[name] = [_scalar(value.strip()) for value in values.split(",")]
+        # each value read as params.yaml reads it (YAML 1.2, as DVC: 3e-3 is a number)
+        grid[name] = [read_yaml_text(value.strip(), f"--grid {name}") for value in values.split(",")]
     return grid
-
-
-def _scalar(text: str) -> Any:
-    """A number when the text is one (YAML 1.1 alone would keep "3e-3" a string), else a YAML scalar."""
-    for number in (int, float):
-        try:
-            return number(text)
-        except ValueError:
-            pass
-    return yaml.safe_load(text)
 
 
 def carve_validation(train_rows: np.ndarray, share: float, seed: int) -> tuple[np.ndarray, np.ndarray]:

@@ -82,8 +82,8 @@ NUMBER_WORDS = {2: "two", 3: "three", 4: "four"}
 class Options(Section):
     """``dataset.builtin``."""
 
-    size: Annotated[int, Field(ge=20)] = 6000  # image-caption pairs
-    image_size: Annotated[int, Field(ge=64)] = 96  # pixels per side
+    size: Annotated[int, Field(ge=20, le=10_000_000)] = 6000  # image-caption pairs
+    image_size: Annotated[int, Field(ge=64, le=1024)] = 96  # pixels per side
 
 
 DEFAULT_SPLIT = {"query": 1000, "train": 3000}

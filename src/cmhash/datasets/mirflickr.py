@@ -36,7 +36,7 @@ FULL_RELEASE = {"images": 25_000, "items": 20_015, "vocabulary": 1_386}
 class Options(Section):
     """``dataset.mirflickr25k``."""
 
-    min_tag_count: Annotated[int, Field(ge=1)] = 20  # a tag in fewer images is not in the vocabulary
+    min_tag_count: Annotated[int, Field(ge=1, le=1_000_000)] = 20  # a tag in fewer images is not in the vocabulary
 
 
 

@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from cmhash.errors import CmhashError
+from cmhash.errors import CmhashError, quote
 
 DEFAULT_SIZES: dict[str, dict[str, int]] = {
     "random": {},
@@ -124,8 +124,8 @@ def parse_split(value: Any, seed: int, default: dict[str, int] | None = None) ->
     missing = [k for k in _SIZE_KEYS[protocol] if k not in sizes]
     if missing:
         raise CmhashError(f"params.yaml: dataset.split must give {' and '.join(missing)} "
-                          f"(e.g. split: {{query: 2000, train: 5000}}) or name a protocol; got {value!r}.")
+                          f"(e.g. split: {{query: 2000, train: 5000}}) or name a protocol; got {quote(value)}.")
     for key, size in sizes.items():
-        if not isinstance(size, int) or isinstance(size, bool) or size <= 0:
-            raise CmhashError(f"params.yaml: dataset.split.{key} must be a positive whole number, got {size!r}.")
+        if not isinstance(size, int) or isinstance(size, bool) or not 0 < size <= 10**9:
+            raise CmhashError(f"params.yaml: dataset.split.{key} must be a whole number from 1 to 10^9, got {quote(size)}.")
     return SplitProtocol(protocol, int(seed), sizes)

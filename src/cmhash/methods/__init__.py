@@ -29,12 +29,26 @@ import inspect
 import io
 from abc import ABC, abstractmethod
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
+from annotated_types import Ge, Gt, Le
 
 from cmhash.errors import CmhashError
 from cmhash.methods.registry import METHODS
+
+# The ranges of the settings a method takes, declared in its constructor's signature (``epochs:
+# Epochs = 40``): params.yaml's schema reads the types, ranges and defaults from there, so each
+# setting has one owner. The upper bounds are far above any sensible value; they stop a typo such as
+# ``epochs: 4000000`` from running for a week.
+Epochs = Annotated[int, Ge(1), Le(100_000)]         # also iterations
+BatchSize = Annotated[int, Ge(2), Le(65_536)]       # a minibatch has at least one pair to compare
+Width = Annotated[int, Ge(1), Le(65_536)]           # hidden layers, embedding widths
+Depth = Annotated[int, Ge(1), Le(256)]              # attention heads, layers
+LearningRate = Annotated[float, Gt(0), Le(10)]
+Weight = Annotated[float, Ge(0), Le(1_000)]         # loss weights, decays, margins, momenta, scales
+Share = Annotated[float, Ge(0), Le(1)]              # a mixing weight or a share of something
+Threshold = Annotated[float, Ge(-1), Le(1)]          # a bound on a cosine similarity
 
 
 class HashingMethod(ABC):

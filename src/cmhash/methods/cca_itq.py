@@ -17,6 +17,7 @@ from __future__ import annotations
 import numpy as np
 
 from cmhash.errors import CmhashError
+from cmhash.methods import Epochs, Weight
 from cmhash.methods.projection import LinearProjectionHash, canonical_signs, itq_rotation
 
 
@@ -43,7 +44,7 @@ def fit_cca(images: np.ndarray, texts: np.ndarray, dims: int, regularization: fl
 
 
 class CCAITQ(LinearProjectionHash):
-    def __init__(self, bits: int, seed: int = 0, device: str = "auto", iterations: int = 50, regularization: float = 1e-3):
+    def __init__(self, bits: int, seed: int = 0, device: str = "auto", iterations: Epochs = 50, regularization: Weight = 1e-3):
         super().__init__(bits, seed, device)
         self.iterations, self.regularization = int(iterations), float(regularization)
 

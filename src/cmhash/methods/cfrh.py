@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import math
 
+from cmhash.methods import BatchSize, Epochs, LearningRate, Share, Weight, Width
 from cmhash.methods.network import NetworkHash, affinity_reconstruction_loss, mlp
 
 
@@ -53,9 +54,9 @@ def reconstruction_loss(decoded, target):
 
 
 class CFRH(NetworkHash):
-    def __init__(self, bits: int, seed: int = 0, device: str = "auto", a: float = 0.4, b: float = 0.3, c: float = 0.3,
-                 eta: float = 0.4, mu: float = 1.5, lambda1: float = 0.1, lambda2: float = 0.1, gamma: float = 0.1,
-                 hidden: int = 1024, epochs: int = 80, batch_size: int = 32, lr: float = 1e-3, progress: bool = True):
+    def __init__(self, bits: int, seed: int = 0, device: str = "auto", a: Weight = 0.4, b: Weight = 0.3, c: Weight = 0.3,
+                 eta: Share = 0.4, mu: Weight = 1.5, lambda1: Weight = 0.1, lambda2: Weight = 0.1, gamma: Weight = 0.1,
+                 hidden: Width = 1024, epochs: Epochs = 80, batch_size: BatchSize = 32, lr: LearningRate = 1e-3, progress: bool = True):
         super().__init__(bits, seed, device, epochs, batch_size, progress)
         self.affinity_settings = dict(a=a, b=b, c=c, eta=eta, mu=mu)
         self.lambda1, self.lambda2, self.gamma, self.hidden, self.lr = lambda1, lambda2, gamma, int(hidden), lr

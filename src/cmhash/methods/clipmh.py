@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cmhash.methods import BatchSize, Epochs, LearningRate, Weight, Width
 from cmhash.methods.network import NetworkHash, label_similarity
 
 
@@ -53,8 +54,8 @@ class CLIPMH(NetworkHash):
     supervised = True
     fused = True
 
-    def __init__(self, bits: int, seed: int = 0, device: str = "auto", width: int = 256, margin: float = 0.0,
-                 quantization: float = 0.1, epochs: int = 50, batch_size: int = 128, lr: float = 1e-3,
+    def __init__(self, bits: int, seed: int = 0, device: str = "auto", width: Width = 256, margin: Weight = 0.0,
+                 quantization: Weight = 0.1, epochs: Epochs = 50, batch_size: BatchSize = 128, lr: LearningRate = 1e-3,
                  progress: bool = True):
         super().__init__(bits, seed, device, epochs, batch_size, progress)
         self.width, self.margin, self.quantization, self.lr = int(width), margin, quantization, lr

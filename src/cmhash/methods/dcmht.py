@@ -39,16 +39,18 @@ frozen features, both chosen with ``cmhash tune`` on a validation split of the t
 from __future__ import annotations
 
 import math
+from typing import Literal
 
 import numpy as np
 from tqdm import tqdm
 
 from cmhash.errors import CmhashError
 from cmhash.finetune import autocast, prefetched, warmup_cosine
-from cmhash.methods import to_codes
+from cmhash.methods import BatchSize, Epochs, LearningRate, Share, Threshold, Weight, Width, to_codes
 from cmhash.methods.network import NetworkHash, label_similarity, minibatches
 
 MODES = ("frozen", "finetune")
+Mode = Literal["frozen", "finetune"]
 
 
 def select_hash_layer(in_dim: int, bits: int, hidden: int = 128):
@@ -82,10 +84,10 @@ def quantization_loss(probs):
 class DCMHT(NetworkHash):
     supervised = True
 
-    def __init__(self, bits: int, seed: int = 0, device: str = "auto", vartheta: float = 0.75, hidden: int = 128,
-                 quantization: float = 0.0, epochs: int = 100, batch_size: int = 128, lr: float = 1e-3,
-                 weight_decay: float = 0.2, mode: str = "frozen", clip_lr: float = 1e-5, warmup: float = 0.1,
-                 grad_clip: float = 1.0, max_words: int = 32, progress: bool = True):
+    def __init__(self, bits: int, seed: int = 0, device: str = "auto", vartheta: Threshold = 0.75, hidden: Width = 128,
+                 quantization: Weight = 0.0, epochs: Epochs = 100, batch_size: BatchSize = 128, lr: LearningRate = 1e-3,
+                 weight_decay: Weight = 0.2, mode: Mode = "frozen", clip_lr: LearningRate = 1e-5, warmup: Share = 0.1,
+                 grad_clip: Weight = 1.0, max_words: Width = 32, progress: bool = True):
         super().__init__(bits, seed, device, epochs, batch_size, progress)
         if mode not in MODES:
             raise CmhashError(f"params.yaml: methods.dcmht.mode is {mode!r}; choose one of {', '.join(MODES)}.")

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 
+from cmhash.methods import BatchSize, Epochs, LearningRate, Share, Weight, Width
 from cmhash.methods.network import NetworkHash, affinity_reconstruction_loss, mlp
 
 
@@ -43,18 +44,18 @@ class DJSRH(NetworkHash):
         bits: int,
         seed: int = 0,
         device: str = "auto",
-        beta: float = 0.9,
-        eta: float = 0.4,
-        mu: float = 1.5,
-        lambda1: float = 0.1,
-        lambda2: float = 0.1,
-        hidden: int = 4096,
-        epochs: int = 80,
-        batch_size: int = 32,
-        lr_image: float = 1e-3,
-        lr_text: float = 1e-2,
-        momentum: float = 0.9,
-        weight_decay: float = 5e-4,
+        beta: Share = 0.9,
+        eta: Share = 0.4,
+        mu: Weight = 1.5,
+        lambda1: Weight = 0.1,
+        lambda2: Weight = 0.1,
+        hidden: Width = 4096,
+        epochs: Epochs = 80,
+        batch_size: BatchSize = 32,
+        lr_image: LearningRate = 1e-3,
+        lr_text: LearningRate = 1e-2,
+        momentum: Weight = 0.9,
+        weight_decay: Weight = 5e-4,
         progress: bool = True,
     ):
         super().__init__(bits, seed, device, epochs, batch_size, progress)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from cmhash.errors import CmhashError
+from cmhash.methods import Epochs
 from cmhash.methods.projection import LinearProjectionHash, canonical_signs, itq_rotation
 
 
@@ -27,7 +28,7 @@ def fit_itq(features: np.ndarray, bits: int, iterations: int, rng: np.random.Gen
 
 
 class ITQ(LinearProjectionHash):
-    def __init__(self, bits: int, seed: int = 0, device: str = "auto", iterations: int = 50):
+    def __init__(self, bits: int, seed: int = 0, device: str = "auto", iterations: Epochs = 50):
         super().__init__(bits, seed, device)
         self.iterations = int(iterations)
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 
+from cmhash.methods import BatchSize, Epochs, LearningRate, Threshold, Weight, Width
 from cmhash.methods.network import NetworkHash, mlp
 
 
@@ -54,11 +55,11 @@ def jdsh_loss(image_codes, text_codes, affinity, intra: float):
 
 
 class JDSH(NetworkHash):
-    def __init__(self, bits: int, seed: int = 0, device: str = "auto", a: float = 0.5, b: float = 0.1,
-                 high: float = 0.4, mu: float = 1.4, left: float = -0.52, right: float = 0.68,
-                 left_weight: float = 0.1, right_weight: float = 0.2, intra: float = 0.1, hidden: int = 4096,
-                 epochs: int = 80, batch_size: int = 32, lr: float = 0.01, momentum: float = 0.9,
-                 weight_decay: float = 5e-4, progress: bool = True):
+    def __init__(self, bits: int, seed: int = 0, device: str = "auto", a: Weight = 0.5, b: Weight = 0.1,
+                 high: Threshold = 0.4, mu: Weight = 1.4, left: Threshold = -0.52, right: Threshold = 0.68,
+                 left_weight: Weight = 0.1, right_weight: Weight = 0.2, intra: Weight = 0.1, hidden: Width = 4096,
+                 epochs: Epochs = 80, batch_size: BatchSize = 32, lr: LearningRate = 0.01, momentum: Weight = 0.9,
+                 weight_decay: Weight = 5e-4, progress: bool = True):
         super().__init__(bits, seed, device, epochs, batch_size, progress)
         self.affinity_settings = dict(a=a, b=b, high=high, mu=mu, left=left, right=right,
                                       left_weight=left_weight, right_weight=right_weight)

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 from torch import nn
 
+from cmhash.methods import BatchSize, Epochs, LearningRate, Weight, Width
 from cmhash.methods.network import NetworkHash, Standardize, minibatches, mlp
 
 EPSILON = 1e-5
@@ -55,9 +56,9 @@ def cosine_matrix(a, b):
 class MESDCH(NetworkHash):
     supervised = True
 
-    def __init__(self, bits: int, seed: int = 0, device: str = "auto", alpha: float = 0.3, beta: float = 1.9,
-                 gamma: float = 0.9, hidden: int = 4096, epochs: int = 50, batch_size: int = 128,
-                 lr: float = 10 ** -1.5, lr_final: float = 1e-6, progress: bool = True):
+    def __init__(self, bits: int, seed: int = 0, device: str = "auto", alpha: Weight = 0.3, beta: Weight = 1.9,
+                 gamma: Weight = 0.9, hidden: Width = 4096, epochs: Epochs = 50, batch_size: BatchSize = 128,
+                 lr: LearningRate = 10 ** -1.5, lr_final: Weight = 1e-6, progress: bool = True):
         super().__init__(bits, seed, device, epochs, batch_size, progress)
         self.alpha, self.beta, self.gamma, self.hidden = alpha, beta, gamma, int(hidden)
         self.lr, self.lr_final = lr, lr_final

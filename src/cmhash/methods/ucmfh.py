@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cmhash.methods import BatchSize, Depth, Epochs, LearningRate, Weight, Width
 from cmhash.methods.network import NetworkHash, mlp
 
 
@@ -45,9 +46,9 @@ def nt_xent(a, b, tau: float):
 
 
 class UCMFH(NetworkHash):
-    def __init__(self, bits: int, seed: int = 0, device: str = "auto", width: int = 512, heads: int = 4,
-                 layers: int = 2, feedforward: int = 1024, hidden: int = 1024, tau: float = 0.5,
-                 code_weight: float = 0.5, epochs: int = 20, batch_size: int = 128, lr: float = 1e-3,
+    def __init__(self, bits: int, seed: int = 0, device: str = "auto", width: Width = 512, heads: Depth = 4,
+                 layers: Depth = 2, feedforward: Width = 1024, hidden: Width = 1024, tau: Weight = 0.5,
+                 code_weight: Weight = 0.5, epochs: Epochs = 20, batch_size: BatchSize = 128, lr: LearningRate = 1e-3,
                  progress: bool = True):
         super().__init__(bits, seed, device, epochs, batch_size, progress)
         if width % 2 or width % heads:

@@ -15,7 +15,7 @@ import subprocess
 from pathlib import Path
 
 from cmhash.errors import CmhashError
-from cmhash.orchestration.stage_process import dvc_command
+from cmhash.orchestration.dvc_state import dvc_command
 
 
 def experiment_names(root: str | Path) -> set[str]:
@@ -31,24 +31,19 @@ def name_for_run(flow_run_name: str, flow_run_id: str, taken: set[str]) -> str:
     return name if name not in taken else f"{name}-{flow_run_id.replace('-', '')[:8]}"
 
 
-def _git_tracked_outputs(root: Path) -> list[str]:
-    """Outputs that live in git rather than the DVC cache (``cache: false``: metrics, plots, the
-    report); a new one is untracked until it is committed, and must be added to the experiment."""
-    from dvc.repo import Repo
-
-    with Repo(str(root)) as repo:
-        return sorted({str(out.def_path) for stage in repo.index.stages for out in stage.outs if not out.use_cache})
-
-
 def save_experiment(root: str | Path, name: str) -> str:
     """Save the workspace (params, ``dvc.lock``, metrics, plots, report; outputs to the DVC cache)
-    as experiment ``name``."""
+    as experiment ``name``. ``dvc exp save`` takes the files git tracks; the new ones a run wrote
+    are added by name: outputs that ``dvc.lock`` records (metrics, plots and the report live in git,
+    not in the DVC cache) and the ``.gitignore`` files DVC writes beside each new cached output."""
+    from cmhash.orchestration.dvc_state import lock_entries
+
     root = Path(root)
-    # DVC writes a .gitignore beside each new cached output; a new one is untracked, too
-    new_ignores = [path for path in subprocess.run(["git", "ls-files", "--others", "--exclude-standard"], cwd=root,
-                                                   capture_output=True, text=True, check=True).stdout.splitlines()
-                   if Path(path).name == ".gitignore"]
-    paths = [path for path in _git_tracked_outputs(root) if (root / path).exists()] + new_ignores
+    untracked = subprocess.run(["git", "ls-files", "--others", "--exclude-standard", "-z"], cwd=root,
+                               capture_output=True, text=True, check=True).stdout.split("\0")
+    outputs = {out["path"] for entry in lock_entries(root).values() for out in entry.get("outs") or []}
+    paths = sorted(path for path in untracked if path and (Path(path).name == ".gitignore" or path in outputs
+                                                           or any(path.startswith(out.rstrip("/") + "/") for out in outputs)))
     include = [argument for path in paths for argument in ("-I", path)]
     result = subprocess.run(dvc_command("exp", "save", "--name", name, *include), cwd=root, capture_output=True, text=True)
     if result.returncode != 0:
@@ -65,11 +60,11 @@ def push_experiment(root: str | Path, name: str, git_remote: str = "origin") -> 
         raise CmhashError(f"dvc exp push {git_remote} {name} failed in {root}:\n{(result.stdout + result.stderr).strip()}")
 
 
-def previous_experiment(root: str | Path) -> str | None:
-    """The experiment of the last completed run of this flow run's deployment that this clone holds:
-    preferably one with the same ``overrides`` (so that a schedule with overrides is compared with its
-    own previous run, and the plain nightly run with the previous nightly one), else any. ``None``
-    outside a deployment (a run of ``python flows/pipeline.py``) or before any run completed."""
+def previous_experiments(root: str | Path) -> list[str]:
+    """The experiments of this deployment's earlier completed runs that this clone holds, newest
+    first: those with the same ``overrides`` as this run first (so that a schedule with overrides is
+    compared with its own previous run), then the others. Empty outside a deployment (a run of
+    ``python flows/pipeline.py``) or before any run completed."""
     from prefect import runtime
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId, FlowRunFilter, FlowRunFilterId, FlowRunFilterState, FlowRunFilterStateType
@@ -78,7 +73,7 @@ def previous_experiment(root: str | Path) -> str | None:
 
     deployment_id = runtime.deployment.id
     if not deployment_id:
-        return None
+        return []
     with get_client(sync_client=True) as client:
         runs = client.read_flow_runs(
             deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment_id])),
@@ -88,9 +83,11 @@ def previous_experiment(root: str | Path) -> str | None:
     overrides = runtime.flow_run.parameters.get("overrides")
     same_overrides = [run for run in runs if (run.parameters or {}).get("overrides") == overrides]
     taken = experiment_names(root)
-    for run in same_overrides + runs:
+    found = []
+    for run in same_overrides + [run for run in runs if run not in same_overrides]:
         plain = name_for_run(run.name, str(run.id), set())
         for name in (name_for_run(run.name, str(run.id), {plain}), plain):  # the suffixed name is this run's if it exists
-            if name in taken:
-                return name
-    return None
+            if name in taken and name not in found:
+                found.append(name)
+                break
+    return found

@@ -3,8 +3,14 @@
 DVC is not thread-safe, so every stage gets its own ``dvc`` process, and DVC decides: an unchanged
 stage is skipped, a stage whose inputs the run-cache has seen gets its outputs restored, any other
 runs; ``dvc.lock`` is updated either way. ``--wait-for-lock`` waits for the repository lock, which
-concurrent stages hold briefly while they read and write ``dvc.lock``. A stage whose files another
-process holds (DVC's per-path locks fail at once) raises :class:`StageBusy`, which the task retries.
+concurrent stages hold briefly while they read and write ``dvc.lock``. The process runs under a
+:mod:`~cmhash.orchestration.lifeline`, so it and its commands end when the flow's process ends.
+
+What DVC did is read from what it wrote (:mod:`~cmhash.orchestration.dvc_state`), not from what it
+printed: ``dvc.lock``'s entry for the stage unchanged means skipped; changed, and already in the
+run-cache before the stage started, means restored; otherwise ran. A stage whose files another
+DVC process holds (DVC's per-path locks fail at once) raises :class:`StageBusy`, which the task
+retries.
 """
 
 from __future__ import annotations
@@ -18,6 +24,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
+
+from cmhash.orchestration import lifeline
+from cmhash.orchestration.dvc_state import PathHolder, PipelineStage, dvc_command, lock_entries, path_holders, restorable
 
 OUTCOMES = ("ran", "skipped", "restored")
 
@@ -46,11 +55,6 @@ class StageOutcome:
                 "finished": clock(self.finished), "seconds": round(self.finished - self.started, 1), "gpu": self.device or ""}
 
 
-def dvc_command(*args: str) -> list[str]:
-    """``dvc ARGS`` from this Python environment (the one cmhash is installed in)."""
-    return [sys.executable, "-m", "dvc", *args]
-
-
 def stage_environment(device: str | None = None) -> dict[str, str]:
     """The environment of a stage's process: this one's, with this environment's ``bin`` first on the
     PATH (dvc.yaml's commands are ``cmhash ...``), unbuffered output, and the GPU it was given."""
@@ -62,14 +66,21 @@ def stage_environment(device: str | None = None) -> dict[str, str]:
     return env
 
 
-def run_dvc_stage(root: str | Path, stage: str, device: str | None = None,
+def _holders_text(holders: list[PathHolder]) -> str:
+    return "; ".join(sorted({f"PID {holder.pid} ({holder.command}) holds {holder.path}" for holder in holders}))
+
+
+def run_dvc_stage(root: str | Path, stage: PipelineStage, device: str | None = None,
                   log: Callable[[str], None] | None = None) -> StageOutcome:
     """Reproduce one stage in ``root``; every line DVC and the stage print goes to ``log`` (default:
     print)."""
     log = log or print
+    if holders := path_holders(root, stage.paths):
+        raise StageBusy(f"{stage.name}: another DVC process works on its files: {_holders_text(holders)}")
+    before = lock_entries(root).get(stage.name)
     started = time.time()
-    process = subprocess.Popen(dvc_command("--wait-for-lock", "repro", "--single-item", stage), cwd=root,
-                               env=stage_environment(device), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    process = subprocess.Popen(lifeline.command(os.getpid(), dvc_command("--wait-for-lock", "repro", "--single-item", stage.name)),
+                               cwd=root, env=stage_environment(device), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                text=True, errors="replace")
     lines = []
     for line in process.stdout:
@@ -77,31 +88,27 @@ def run_dvc_stage(root: str | Path, stage: str, device: str | None = None,
         lines.append(line)
         log(line)
     if process.wait() != 0:
-        message = stage_error(lines)
-        if any("is busy, it is being blocked by" in line for line in lines):
-            raise StageBusy(f"{stage}: {message}")
-        raise StageFailed(f"{stage} failed: {message}")
-    return StageOutcome(stage, outcome_of(stage, lines), started, time.time(), device)
-
-
-def outcome_of(stage: str, lines: list[str]) -> str:
-    """What DVC did, from the lines it printed (dvc/stage/__init__.py, run.py, cache.py)."""
-    text = "\n".join(lines)
-    if f"Running stage '{stage}'" in text:
-        return "ran"
-    if f"Stage '{stage}' is cached - skipping run, checking out outputs" in text:
-        return "restored"
-    if f"'{stage}' didn't change, skipping" in text:
-        return "skipped"
-    raise StageFailed(f"{stage}: DVC said neither that it ran, restored nor skipped the stage:\n" + "\n".join(lines[-20:]))
+        if holders := path_holders(root, stage.paths):
+            raise StageBusy(f"{stage.name}: another DVC process held its files: {_holders_text(holders)}")
+        raise StageFailed(f"{stage.name} failed: {stage_error(lines)}")
+    after = lock_entries(root).get(stage.name)
+    if after is None:
+        raise StageFailed(f"{stage.name}: DVC ended without an error but recorded no entry for it in dvc.lock.")
+    if after == before:
+        outcome = "skipped"
+    else:
+        outcome = "restored" if restorable(root, after, started) else "ran"
+    return StageOutcome(stage.name, outcome, started, time.time(), device)
 
 
 _STAGE_ERROR = re.compile(r"^cmhash [\w-]+: error: ")
 
 
 def stage_error(lines: list[str]) -> str:
-    """The stage's own error: what a ``cmhash`` command printed after ``cmhash STAGE: error:`` (a
-    validation failure lists every failed expectation), else DVC's ``ERROR`` lines, else the tail."""
+    """The stage's own error, for the run's message: what a ``cmhash`` command printed after
+    ``cmhash STAGE: error:`` (a validation failure lists every failed expectation), else DVC's
+    ``ERROR`` lines, else the tail. (Only the message is taken from the output; what happened is
+    read from DVC's files.)"""
     for i, line in enumerate(lines):
         if _STAGE_ERROR.match(line):
             own = [_STAGE_ERROR.sub("", line)]

@@ -8,6 +8,7 @@ from typing import Any
 from prefect import get_run_logger, task
 
 from cmhash.orchestration.devices import gpu_lease, visible_gpus
+from cmhash.orchestration.dvc_state import PipelineStage
 from cmhash.orchestration.stage_process import StageBusy, run_dvc_stage
 
 
@@ -24,15 +25,23 @@ def _only_when_busy(task, task_run, state) -> bool:
 
 
 @task(retries=6, retry_delay_seconds=[2, 5, 10, 20, 40, 60], retry_condition_fn=_only_when_busy)
-def run_stage(root: str, stage: str, gpu: bool = False) -> dict[str, Any]:
+def run_stage(root: str, stage: PipelineStage, out_of_date: bool = True,
+              upstream: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     """``dvc repro --single-item STAGE`` in ``root``, on a GPU of its own when it is a GPU stage and
-    GPUs are visible. Returns what DVC did (``ran``, ``skipped`` or ``restored``), when, and where."""
+    GPUs are visible. Returns what DVC did (``ran``, ``skipped`` or ``restored``), when, and where.
+
+    A stage that ``dvc status`` found up to date (``out_of_date`` false) and whose ``upstream``
+    stages (their results) all skipped reads nothing new: it is recorded as skipped and no process
+    is started."""
     logger = get_run_logger()
-    with gpu_lease(visible_gpus() if gpu else []) as device:
+    if not out_of_date and all(result["outcome"] == "skipped" for result in upstream or []):
+        logger.info("%s: skipped (up to date, and nothing it reads changed in this run)", stage.name)
+        return {"stage": stage.name, "outcome": "skipped"}
+    with gpu_lease(visible_gpus() if stage.gpu else []) as device:
         if device is not None:
-            logger.info("%s runs with CUDA_VISIBLE_DEVICES=%s", stage, device)
+            logger.info("%s runs with CUDA_VISIBLE_DEVICES=%s", stage.name, device)
         outcome = run_dvc_stage(root, stage, device, log=logger.info)
-    logger.info("%s: %s in %.1f s", stage, outcome.outcome, outcome.finished - outcome.started)
+    logger.info("%s: %s in %.1f s", stage.name, outcome.outcome, outcome.finished - outcome.started)
     return outcome.as_dict()
 
 

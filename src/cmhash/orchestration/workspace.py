@@ -6,17 +6,23 @@
   ``dvc repro`` started by hand, say) works here: the run waits, then refuses with a message naming
   the process, and never rewrites a file under it.
 - :func:`params_for_run`: the run's overrides written into params.yaml as ``dvc exp run -S`` writes
-  them, checked before any stage runs, and the file put back as it was when the run ends.
+  them, checked before any stage runs, and the file put back as it was when the run ends, but only
+  if it is still exactly what the run wrote: a file the user edited meanwhile is never overwritten.
+- :func:`recover_params`: what a killed run left (its overrides still in the file) put back, or a
+  refusal that says what to do, before the next run touches anything.
+- :func:`remove_leftover_temporaries`: the half-written files of stages killed mid-write.
 """
 
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import json
 import subprocess
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +51,7 @@ def check_clone(root: str | Path, push: bool = False, git_remote: str = "origin"
         if _git(root, "remote", "get-url", git_remote).returncode != 0:
             raise CmhashError(f"{root}: push is set, but the clone has no git remote {git_remote!r}: "
                               f"git remote add {git_remote} URL")
-        from cmhash.orchestration.stage_process import dvc_command
+        from cmhash.orchestration.dvc_state import dvc_command
 
         default = subprocess.run(dvc_command("remote", "default"), cwd=root, capture_output=True, text=True)
         if default.returncode != 0 or not default.stdout.strip():
@@ -55,30 +61,13 @@ def check_clone(root: str | Path, push: bool = False, git_remote: str = "origin"
 
 def active_dvc_processes(root: str | Path) -> list[str]:
     """What other DVC processes are doing in ``root`` now: a holder of the repository lock (DVC
-    holds it between a ``dvc repro``'s stages) and the live entries of DVC's per-file locks (held
+    holds it between a ``dvc repro``'s stages) and the live holders of DVC's per-path locks (held
     while a stage's command runs). Empty when DVC is idle here."""
-    from dvc.lock import LockError
-    from dvc.repo import Repo
+    from cmhash.orchestration.dvc_state import path_holders, repository_busy
 
     root = Path(root)
-    busy = []
-    with Repo(str(root)) as repo:
-        try:
-            repo.lock.lock()
-            repo.lock.unlock()
-        except LockError:
-            busy.append(f"a DVC command holds the repository lock ({root / '.dvc' / 'tmp' / 'lock'})")
-    rwlock = root / ".dvc" / "tmp" / "rwlock"
-    if rwlock.is_file():
-        import psutil
-
-        try:
-            entries = json.loads(rwlock.read_text() or "{}")
-        except json.JSONDecodeError:
-            entries = {}
-        holders = list(entries.get("write", {}).values()) + [info for infos in entries.get("read", {}).values() for info in infos]
-        busy += sorted({f"PID {info['pid']}: {info['cmd']}" for info in holders if psutil.pid_exists(int(info["pid"]))})
-    return busy
+    busy = [f"a DVC command holds the repository lock ({root / '.dvc' / 'tmp' / 'lock'})"] if repository_busy(root) else []
+    return busy + sorted({f"PID {holder.pid}: {holder.command}" for holder in path_holders(root)})
 
 
 @contextmanager
@@ -113,54 +102,140 @@ def exclusive_workspace(root: str | Path, timeout: float = 600, poll_seconds: fl
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def override_arguments(overrides: dict[str, Any] | None) -> list[str]:
-    """``KEY=VALUE`` arguments as ``dvc exp run -S`` takes them. A string value is passed as written
-    (``"3"`` is the number 3, ``"[16,32]"`` a list, as on the command line); any other value is
-    written as JSON; a mapping is spread over dotted keys (``{"methods.djsrh": {"epochs": 1}}`` sets
-    ``methods.djsrh.epochs``)."""
-    arguments = []
-    for key, value in (overrides or {}).items():
-        if isinstance(value, dict):
-            arguments += override_arguments({f"{key}.{inner}": v for inner, v in value.items()})
+# ---- the run's overrides of the parameter file, and what a killed run left of them
+#
+# Before writing its overrides, a run records, in .dvc/tmp/cmhash-params-records/, the file's path
+# (relative to the clone), a copy of its bytes, and the checksums of what was there and of what the
+# run writes. The file is put back only while its checksum is still the one the run wrote.
+
+RECORDS = Path(".dvc") / "tmp" / "cmhash-params-records"
+
+
+def _sha256(data: bytes | None) -> str | None:
+    return None if data is None else hashlib.sha256(data).hexdigest()
+
+
+def _read(path: Path) -> bytes | None:
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        return None
+
+
+def _record_paths(root: Path, relative: str) -> tuple[Path, Path]:
+    """The record and the copy of the file as it was, for the file ``relative`` to the clone."""
+    key = hashlib.sha256(relative.encode()).hexdigest()[:16]
+    folder = root / RECORDS
+    return folder / f"{key}.json", folder / f"{key}.before"
+
+
+def _parameter_file(root: Path, params_path: str | Path) -> tuple[Path, str]:
+    """The parameter file and its path relative to the clone; it must be a file inside the clone."""
+    path = (root / params_path).resolve()
+    try:
+        relative = path.relative_to(root.resolve()).as_posix()
+    except ValueError:
+        raise CmhashError(f"params_path {str(params_path)[:200]!r} is outside the clone {root}; the flow only "
+                          "writes parameter files of the clone it runs in.") from None
+    if not path.is_file():
+        raise CmhashError(f"{path}: parameter file not found (flow parameter params_path is relative to {root}).")
+    return path, relative
+
+
+def recover_params(root: str | Path) -> list[str]:
+    """Settle what earlier runs left: for each parameter file a killed run had changed, put the file
+    back as it was before that run if it still holds exactly what the run wrote, forget the record if
+    the file is already back, and otherwise refuse, touching neither the file nor the copy. Returns
+    what it did, one sentence each."""
+    from cmhash.atomic import write_bytes
+
+    root = Path(root)
+    done = []
+    for record_path in sorted((root / RECORDS).glob("*.json")):
+        copy_path = record_path.with_suffix(".before")
+        try:
+            record = json.loads(record_path.read_text(encoding="utf-8"))
+            target, before = root / record["file"], _read(copy_path)
+            before_sha, written_sha = record["before_sha256"], record["written_sha256"]
+        except (OSError, ValueError, KeyError, TypeError):
+            raise CmhashError(f"{record_path}: an earlier run's record of the parameter file it changed is unreadable, "
+                              f"so nothing was touched; compare {copy_path} (the file before that run) with your "
+                              "parameter file, keep what you want, then delete both and start the run again.") from None
+        current_sha = _sha256(_read(target))
+        if current_sha == before_sha:
+            done.append(f"{target} is as it was before run {record.get('run')}; nothing to put back")
+        elif current_sha == written_sha and _sha256(before) == before_sha:
+            write_bytes(target, before)
+            done.append(f"restored {target} as it was before run {record.get('run')}, which ended before it could "
+                        "put the file back")
         else:
-            arguments.append(f"{key}={value if isinstance(value, str) else json.dumps(value)}")
-    return arguments
+            raise CmhashError(
+                f"{target} was changed by run {record.get('run')} (which ended before it could put the file back) and "
+                f"has been edited since, so this run touched neither it nor the copy from before that run, {copy_path}. "
+                f"Keep what you want in {target}, then delete {record_path} and {copy_path}, and start the run again.")
+        record_path.unlink()
+        copy_path.unlink(missing_ok=True)
+    return done
 
 
 @contextmanager
-def params_for_run(root: str | Path, params_path: str = "params.yaml",
-                   overrides: dict[str, Any] | None = None) -> Iterator[Path]:
+def params_for_run(root: str | Path, params_path: str = "params.yaml", overrides: dict[str, Any] | None = None,
+                   run: str = "") -> Iterator[Path]:
     """Apply ``overrides`` to the parameter file for the duration of the run, check the result
-    before anything runs, and put the file back as it was afterwards (even on failure), so that one
-    run's overrides never leak into the next. A copy of the original is kept in ``.dvc/tmp`` while
-    the run lasts; a run that was killed leaves it there, and the next run restores it first."""
-    from dvc.exceptions import InvalidArgumentError
-    from dvc.utils.hydra import apply_overrides
-
-    from cmhash.params import load_params
+    before anything is written, and put the file back as it was afterwards (even on failure), so
+    that one run's overrides never leak into the next; but only if the file is still exactly what
+    the run wrote: a file edited meanwhile is left alone, with a message naming the copy from
+    before. ``run`` names the run in the record."""
+    from cmhash.atomic import write_bytes, write_json
+    from cmhash.params import validate_params
+    from cmhash.params_file import apply_overrides, parse_overrides, read_yaml_file, read_yaml_text
 
     root = Path(root)
-    path = root / params_path
-    if not path.is_file():
-        raise CmhashError(f"{path}: parameter file not found (flow parameter params_path is relative to {root}).")
-    backup = root / ".dvc" / "tmp" / f"cmhash-before-run-{Path(params_path).name}"
-    if backup.is_file():
-        print(f"restoring {path} from {backup}: an earlier run ended before it could put the file back")
-        path.write_bytes(backup.read_bytes())
-    original = path.read_bytes()
-    backup.parent.mkdir(parents=True, exist_ok=True)
-    backup.write_bytes(original)
-    try:
-        arguments = override_arguments(overrides)
-        if arguments:
-            try:
-                apply_overrides(str(path), arguments)
-            except InvalidArgumentError as err:
-                cause = str(err.__cause__ or err).strip().splitlines()
-                raise CmhashError(f"overrides {arguments}: {' '.join(cause)}") from None
-            print(f"{params_path} for this run: " + ", ".join(arguments))
-        load_params(path)  # every key checked before any stage runs
+    path, relative = _parameter_file(root, params_path)
+    parsed = parse_overrides(overrides)  # interpolations and malformed values refused before anything is written
+    if not parsed:
+        validate_params(read_yaml_file(path), path)  # every key checked before any stage runs
         yield path
+        return
+    original = path.read_bytes()
+    updated = apply_overrides(original.decode("utf-8"), parsed, str(path)).encode("utf-8")
+    validate_params(read_yaml_text(updated.decode("utf-8"), str(path)), path)
+    record_path, copy_path = _record_paths(root, relative)
+    write_bytes(copy_path, original)
+    write_json(record_path, {"file": relative, "before_sha256": _sha256(original), "written_sha256": _sha256(updated),
+                             "run": run or "(unnamed)", "written": datetime.now(timezone.utc).isoformat(timespec="seconds")})
+    write_bytes(path, updated)
+    print(f"{relative} for this run: " + ", ".join(f"{key}={value!r}" for key, value in parsed.items()))
+    failed = False
+    try:
+        yield path
+    except BaseException:
+        failed = True
+        raise
     finally:
-        path.write_bytes(original)
-        backup.unlink()
+        if _sha256(_read(path)) == _sha256(updated):
+            write_bytes(path, original)
+            record_path.unlink()
+            copy_path.unlink()
+        else:
+            message = (f"{path} changed while the run used it, so it was not put back: it keeps your edit, and the file "
+                       f"as it was before the run is {copy_path}. Keep what you want in {path}, then delete {record_path} "
+                       f"and {copy_path}.")
+            if failed:
+                print(message)  # the run's own error is the answer; the record stays for the next run
+            else:
+                raise CmhashError(message)
+
+
+def remove_leftover_temporaries(root: str | Path, folders: list[str]) -> list[Path]:
+    """Remove what stages killed mid-write left under ``folders`` (relative to the clone): the
+    temporary files and folders of :mod:`cmhash.atomic`. Call it while holding the workspace, when no
+    stage runs. (An interrupted encode's ``.partial`` shards are kept: the next encode resumes them.)"""
+    from cmhash.atomic import remove_temporaries
+
+    root = Path(root)
+    removed = []
+    for folder in folders:
+        if (root / folder).is_dir():
+            removed += remove_temporaries(root / folder)
+    return removed

@@ -1,0 +1,137 @@
+"""What the flow reads of DVC, checked against real DVC commands in a scratch repository: what each
+stage did (ran, skipped, restored, failed, busy) comes from dvc.lock, the run-cache and DVC's
+per-path locks, never from DVC's sentences. These tests fail if a DVC release changes any of them;
+run them against the lowest and highest DVC the project allows (docs/orchestration.md)."""
+
+import subprocess
+import sys
+import time
+
+import pytest
+import yaml
+from conftest import COMMAND_ENV, run_command
+
+from cmhash.orchestration.dvc_state import lock_entries, out_of_date, path_holders, read_pipeline
+from cmhash.orchestration.stage_process import StageBusy, StageFailed, run_dvc_stage
+
+WRITE = 'python -c "import yaml; n = yaml.safe_load(open(\'params.yaml\'))[\'n\']; open(\'{out}\', \'w\').write(str(n))"'
+DVC_YAML = {"stages": {
+    "make": {"cmd": WRITE.format(out="made.txt"), "params": ["n"], "outs": ["made.txt"]},
+    "down": {"cmd": "cp made.txt down.txt", "deps": ["made.txt"], "outs": ["down.txt"]},
+    "report": {"cmd": "cp made.txt report.txt", "deps": ["made.txt"], "outs": [{"report.txt": {"cache": False}}]},
+    "broken": {"cmd": "echo 'cmhash broken: error: the input is wrong; fix it' && exit 3", "deps": ["made.txt"],
+               "outs": ["never.txt"]},
+    "slow": {"cmd": "sleep 4 && echo done > slow.txt", "outs": ["slow.txt"]},
+    "reader": {"cmd": "cp slow.txt read.txt", "deps": ["slow.txt"], "outs": ["read.txt"]},
+}}
+
+
+@pytest.fixture
+def repo(tmp_path, monkeypatch):
+    for command in (["git", "init", "-q"], ["git", "config", "user.email", "t@example.com"], ["git", "config", "user.name", "t"],
+                    ["dvc", "init", "-q"], ["dvc", "config", "core.analytics", "false"]):
+        run_command(command, tmp_path)
+    (tmp_path / "dvc.yaml").write_text(yaml.safe_dump(DVC_YAML))
+    (tmp_path / "params.yaml").write_text("n: 1\n")
+    monkeypatch.setenv("PATH", COMMAND_ENV["PATH"])
+    return tmp_path
+
+
+def _stage(repo, name):
+    return next(stage for stage in read_pipeline(repo) if stage.name == name)
+
+
+def _set_n(repo, n):
+    (repo / "params.yaml").write_text(f"n: {n}\n")
+
+
+def test_ran_skipped_and_restored_are_read_from_dvc_lock_and_the_run_cache(repo):
+    logged = []
+    assert run_dvc_stage(repo, _stage(repo, "make"), log=logged.append).outcome == "ran"
+    assert (repo / "made.txt").read_text() == "1" and any("made.txt" in line for line in logged)
+    assert run_dvc_stage(repo, _stage(repo, "make")).outcome == "skipped"
+    _set_n(repo, 2)
+    assert run_dvc_stage(repo, _stage(repo, "make")).outcome == "ran"
+    _set_n(repo, 1)  # a run the run-cache has seen
+    assert run_dvc_stage(repo, _stage(repo, "make")).outcome == "restored"
+    assert (repo / "made.txt").read_text() == "1"
+    assert lock_entries(repo)["make"]["params"] == {"params.yaml": {"n": 1}}
+    # an output with cache: false is never restored from the run-cache: it runs every time
+    assert run_dvc_stage(repo, _stage(repo, "report")).outcome == "ran"
+    _set_n(repo, 2)
+    run_dvc_stage(repo, _stage(repo, "make"))
+    assert run_dvc_stage(repo, _stage(repo, "report")).outcome == "ran"
+    _set_n(repo, 1)
+    run_dvc_stage(repo, _stage(repo, "make"))
+    assert run_dvc_stage(repo, _stage(repo, "report")).outcome == "ran"
+
+
+def test_a_failed_stage_carries_its_own_message(repo):
+    run_dvc_stage(repo, _stage(repo, "make"))
+    with pytest.raises(StageFailed, match="broken failed: the input is wrong; fix it") as error:
+        run_dvc_stage(repo, _stage(repo, "broken"))
+    assert not isinstance(error.value, StageBusy)
+    assert "broken" not in lock_entries(repo)
+
+
+def test_a_stage_whose_files_another_dvc_process_holds_is_busy(repo):
+    holder = subprocess.Popen([sys.executable, "-m", "dvc", "repro", "slow"], cwd=repo, env=COMMAND_ENV,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        reader = _stage(repo, "reader")
+        deadline = time.monotonic() + 60
+        while not path_holders(repo, reader.paths):
+            assert holder.poll() is None and time.monotonic() < deadline, "dvc repro slow never took its lock"
+            time.sleep(0.1)
+        assert {h.pid for h in path_holders(repo, reader.paths)} == {holder.pid}
+        with pytest.raises(StageBusy, match=f"reader: another DVC process works on its files: PID {holder.pid}"):
+            run_dvc_stage(repo, reader)
+        assert not (repo / "read.txt").exists()
+    finally:
+        holder.wait(60)
+    assert path_holders(repo, reader.paths) == []  # released: the stage can run
+    assert run_dvc_stage(repo, reader).outcome == "ran"
+
+
+def test_out_of_date_is_what_dvc_status_reports(repo):
+    assert out_of_date(repo) == {"make", "down", "report", "broken", "slow", "reader"}
+    for name in ("make", "down", "report", "slow", "reader"):
+        run_dvc_stage(repo, _stage(repo, name))
+    assert out_of_date(repo) == {"broken"}
+    _set_n(repo, 5)
+    assert out_of_date(repo) == {"make", "broken"}  # downstream stages change only once make has rerun
+    (repo / "down.txt").unlink()
+    assert out_of_date(repo) == {"make", "down", "broken"}
+
+
+def test_stage_processes_end_with_the_process_that_started_them(repo):
+    """kill -9 of the process that runs a stage ends the stage's dvc and its command within seconds."""
+    import psutil
+
+    code = (f"from cmhash.orchestration.dvc_state import read_pipeline\n"
+            f"from cmhash.orchestration.stage_process import run_dvc_stage\n"
+            f"stage = next(s for s in read_pipeline({str(repo)!r}) if s.name == 'slow')\n"
+            f"run_dvc_stage({str(repo)!r}, stage)\n")
+    runner = subprocess.Popen([sys.executable, "-c", code], cwd=repo, env=COMMAND_ENV, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+
+    def stage_processes():
+        found = []
+        for process in psutil.process_iter(["cmdline", "status"]):
+            cmdline = " ".join(process.info["cmdline"] or [])
+            if process.info["status"] != psutil.STATUS_ZOMBIE and ("sleep 4" in cmdline or "repro --single-item slow" in cmdline):
+                found.append(process.pid)
+        return found
+
+    deadline = time.monotonic() + 60
+    while not any("sleep" in " ".join(psutil.Process(pid).cmdline()) for pid in stage_processes() if psutil.pid_exists(pid)):
+        assert runner.poll() is None and time.monotonic() < deadline, "the stage never started"
+        time.sleep(0.1)
+    runner.kill()
+    runner.wait()
+    deadline = time.monotonic() + 5
+    while stage_processes() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert stage_processes() == []
+    time.sleep(4.5)
+    assert not (repo / "slow.txt").exists()  # the killed stage wrote nothing
