@@ -100,14 +100,14 @@ class Deployment:
     def __init__(self, workspace: Path, env: dict, elsewhere: Path):
         self.workspace, self.env, self.elsewhere = workspace, env, elsewhere
 
-    def run(self, parameters: dict) -> dict:
+    def run(self, parameters: dict, env: dict | None = None) -> dict:
         """Trigger cmhash-pipeline/nightly, let one worker execute it (started outside the clone:
         the deployment's pull step finds the workspace), return the finished flow run."""
         triggered = run_command(["prefect", "deployment", "run", "cmhash-pipeline/nightly", "--params",
                                  json.dumps(parameters)], self.workspace, self.env).stdout
         run_id = re.search(r"flow-run/([0-9a-f-]{36})", triggered)[1]
-        worker = run_command(["prefect", "worker", "start", "--pool", "gpu", "--run-once"], self.elsewhere, self.env,
-                             check=False)
+        worker = run_command(["prefect", "worker", "start", "--pool", "gpu", "--run-once"], self.elsewhere,
+                             {**self.env, **(env or {})}, check=False)
         run = _flow_run(self.env, run_id)
         run["worker_output"] = worker.stdout + worker.stderr
         return run
@@ -150,14 +150,49 @@ def test_a_scheduled_run_is_a_versioned_experiment_with_a_metrics_diff(deploymen
     assert run_command(["git", "status", "--porcelain", "params.yaml"], deployment.workspace).stdout == ""
 
 
-@pytest.mark.slow
-def test_the_same_run_again_executes_no_stage(deployment, first_run):
-    second = deployment.run({"overrides": tiny_overrides()})
+def _counting_stage_processes(tmp_path) -> tuple[dict, Path]:
+    """An environment in which every Python process logs its arguments (a sitecustomize module), and
+    the log: `python -m dvc --wait-for-lock repro ...` lines are the stage processes a run started."""
+    folder = tmp_path / "count-processes"
+    folder.mkdir()
+    (folder / "sitecustomize.py").write_text(
+        "import os, sys\n"
+        "if os.environ.get('CMHASH_TEST_PROCESS_LOG'):\n"
+        "    with open(os.environ['CMHASH_TEST_PROCESS_LOG'], 'a') as log:\n"
+        "        log.write(' '.join(sys.argv) + '\\n')\n")
+    log = tmp_path / "processes.log"
+    return {"PYTHONPATH": str(folder), "CMHASH_TEST_PROCESS_LOG": str(log)}, log
+
+
+def _stage_processes_started(log: Path) -> list[str]:
+    return [line for line in log.read_text().splitlines() if line.startswith("-m --wait-for-lock repro")] if log.exists() else []
+
+
+def test_the_same_run_again_starts_no_stage_process(deployment, first_run, tmp_path):
+    env, log = _counting_stage_processes(tmp_path)
+    second = deployment.run({"overrides": tiny_overrides()}, env)
     assert second["state"]["type"] == "COMPLETED", second["state"]["message"]
+    assert log.exists() and "-m" in log.read_text()  # the counter works: the flow's own processes are in it
+    assert _stage_processes_started(log) == []
     assert deployment.stage_outcomes() == {name: "skipped" for name in first_run[1]}
     rows = _latest_artifact(deployment.env, "metrics-diff", second["id"])
     assert all(row["mAP@all Δ"] == 0 and row["mAP@50 Δ"] == 0 for row in rows)  # compared with the first run
     assert second["name"] in run_command(["dvc", "exp", "show", "--json"], deployment.workspace).stdout
+
+
+def test_an_override_that_reads_a_secret_is_refused_and_nothing_is_saved(deployment, first_run):
+    secret = "hunter2-very-secret-token"
+    run = deployment.run({"overrides": {**tiny_overrides(), "dataset.root": "${oc.env:SECRET_TOKEN}"}},
+                         {"SECRET_TOKEN": secret})
+    assert run["state"]["type"] == "FAILED"
+    assert "override dataset.root: interpolations such as ${...}" in run["state"]["message"]
+    assert secret not in run["state"]["message"] + run["worker_output"]
+    refs = run_command(["git", "for-each-ref", "--format=%(refname)", "refs/exps"], deployment.workspace).stdout.split()
+    assert run["name"] not in " ".join(refs)
+    for ref in refs:  # no experiment, nor any file of the workspace, holds the secret
+        assert run_command(["git", "grep", "-q", secret, ref], deployment.workspace, check=False).returncode == 1
+    assert run_command(["grep", "-rq", "--exclude-dir=.git", secret, "."], deployment.workspace, check=False).returncode == 1
+    assert run_command(["git", "status", "--porcelain", "params.yaml"], deployment.workspace).stdout == ""
 
 
 @pytest.mark.slow
@@ -376,3 +411,96 @@ def test_a_failed_stage_stops_its_dependents_and_independent_stages_finish(prefe
     downstream = [stage for stage in outcomes if stage.split("@")[0] in ("encode", "train", "evaluate", "index", "items", "report")]
     assert len(downstream) == 9 and all(outcomes[stage] == "not run (upstream failed)" for stage in downstream)
     assert not (project / "data" / "features").exists()
+
+
+SLOW_STAGE = "\n  slow:\n    cmd: python -c \"import time; time.sleep(300)\" && echo done > slow.txt\n    outs: [slow.txt]\n"
+
+
+def _processes_in(folder: Path) -> list[str]:
+    """The live processes (not zombies) working in ``folder``: a run's dvc, stages and server."""
+    import psutil
+
+    found = []
+    for process in psutil.process_iter(["pid", "cmdline", "status"]):
+        try:
+            if process.pid != os.getpid() and process.info["status"] != psutil.STATUS_ZOMBIE and \
+                    Path(process.cwd()).is_relative_to(folder):
+                found.append(f"{process.pid}: {' '.join(process.info['cmdline'] or [])}")
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            continue
+    return found
+
+
+def _wait_for_slow_stage(project: Path, owner: subprocess.Popen, timeout: float = 240) -> None:
+    deadline = time.monotonic() + timeout
+    while not any("time.sleep(300)" in process for process in _processes_in(project)):
+        assert owner.poll() is None and time.monotonic() < deadline, "the slow stage never started"
+        time.sleep(0.5)
+
+
+def _gone_within(project: Path, seconds: float) -> list[str]:
+    deadline = time.monotonic() + seconds
+    while (left := _processes_in(project)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return left
+
+
+def test_kill_9_of_the_flow_leaves_no_process_behind(tmp_path):
+    """`python flows/pipeline.py` killed with SIGKILL while a stage runs: within seconds no dvc,
+    stage command or temporary Prefect server of that run is left, and the next run settles it."""
+    project = _flow_project(tmp_path / "project")
+    with open(project / "dvc.yaml", "a") as dvc_yaml:
+        dvc_yaml.write(SLOW_STAGE)
+    run_command(["git", "commit", "-qam", "a slow stage"], project)
+    env = {key: value for key, value in COMMAND_ENV.items() if key != "PREFECT_API_URL"}
+    env.update({"PREFECT_HOME": str(tmp_path / "prefect-home"), "HF_HUB_OFFLINE": "1"})
+    flow_process = subprocess.Popen([sys.executable, "flows/pipeline.py", "-S", "train.seed=3"], cwd=project, env=env,
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    _wait_for_slow_stage(project, flow_process)
+    assert any("server start" in process for process in _processes_in(project))  # its temporary Prefect server
+    flow_process.kill()
+    flow_process.wait()
+    assert _gone_within(project, 15) == []
+    assert not (project / "slow.txt").exists()
+    assert yaml.safe_load((project / "params.yaml").read_text())["train"]["seed"] == 3  # the killed run's override...
+    from cmhash.orchestration.workspace import recover_params
+
+    assert len(recover_params(project)) == 1  # ...put back by the next run, before anything else
+    assert run_command(["git", "status", "--porcelain", "params.yaml"], project).stdout == ""
+
+
+@pytest.mark.slow
+def test_a_cancelled_run_stops_its_stages(prefect_server, tmp_path):
+    """A deployment run cancelled through the API while a stage runs: the worker ends the flow's
+    process, and the stage's processes end with it."""
+    base = tmp_path
+    origin = _flow_project(base / "origin")
+    with open(origin / "dvc.yaml", "a") as dvc_yaml:
+        dvc_yaml.write(SLOW_STAGE)
+    run_command(["git", "commit", "-qam", "a slow stage"], origin)
+    workspace = base / "workspace"
+    run_command(["git", "clone", "-q", str(origin), str(workspace)], base)
+    run_command(["git", "config", "user.email", "worker@example.com"], workspace)
+    run_command(["git", "config", "user.name", "worker"], workspace)
+    env = {**prefect_server, "CMHASH_WORKSPACE": str(workspace)}
+    run_command(["prefect", "work-pool", "create", "cancel-pool", "--type", "process"], workspace, env)
+    deployed = yaml.safe_load((workspace / "prefect.yaml").read_text())
+    deployed["deployments"][0].update({"name": "cancel-me", "schedules": [], "work_pool": {"name": "cancel-pool"}})
+    (base / "prefect-cancel.yaml").write_text(yaml.safe_dump(deployed))
+    run_command(["prefect", "--no-prompt", "deploy", "--all", "--prefect-file", str(base / "prefect-cancel.yaml")], workspace, env)
+    triggered = run_command(["prefect", "deployment", "run", "cmhash-pipeline/cancel-me"], workspace, env).stdout
+    run_id = re.search(r"flow-run/([0-9a-f-]{36})", triggered)[1]
+    worker = subprocess.Popen(["prefect", "worker", "start", "--pool", "cancel-pool"], cwd=base, env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        _wait_for_slow_stage(workspace, worker)
+        _api(env, "POST", f"/flow_runs/{run_id}/set_state", json={"state": {"type": "CANCELLING"}, "force": True})
+        assert _gone_within(workspace, 90) == []
+        deadline = time.monotonic() + 60
+        while _flow_run(env, run_id)["state"]["type"] != "CANCELLED" and time.monotonic() < deadline:
+            time.sleep(1)
+        assert _flow_run(env, run_id)["state"]["type"] == "CANCELLED"
+        assert not (workspace / "slow.txt").exists()
+    finally:
+        os.killpg(worker.pid, signal.SIGTERM)
+        worker.wait(60)

@@ -84,7 +84,8 @@ def test_no_params_value_reaches_a_shell(dvc_project):
     (dvc_project / "params.yaml").write_text(yaml.safe_dump(params))
     result = subprocess.run(["dvc", "repro"], cwd=dvc_project, env=ENV, capture_output=True, text=True)
     assert result.returncode != 0
-    assert f"train.bits[1] is '32;touch {marker}'; expected a whole number" in result.stdout + result.stderr
+    output = result.stdout + result.stderr
+    assert "train.bits[1] is '32;touch " in output and "; expected a whole number" in output  # (a long value is cut short)
     assert not marker.exists() and not (dvc_project / "data").exists()
 
     params["train"]["bits"] = [16]
@@ -94,7 +95,8 @@ def test_no_params_value_reaches_a_shell(dvc_project):
     result = subprocess.run(["dvc", "exp", "run", "-S", f"train.methods=[lsh, 'djsrh;touch {marker}']"],
                             cwd=dvc_project, env=ENV, capture_output=True, text=True)
     assert result.returncode != 0
-    assert f"train.methods[1] is 'djsrh;touch {marker}'; expected one of 'lsh', 'itq', 'cca_itq'" in result.stdout + result.stderr
+    output = result.stdout + result.stderr
+    assert "train.methods[1] is 'djsrh;touch " in output and "; expected one of 'lsh', 'itq', 'cca_itq'" in output
     assert not marker.exists()
     assert not [path for path in (dvc_project / "data").rglob("*") if path.is_file()]  # (dvc exp run makes empty folders)
 

@@ -20,6 +20,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator
 
 from cmhash.errors import CmhashError, quote
+from cmhash.params_file import read_yaml_file
 
 
 class Section(BaseModel):
@@ -204,8 +205,6 @@ def load_params(path: str | Path = "params.yaml") -> dict[str, Any]:
             f"{path}: parameter file not found. Run cmhash from the project root "
             "(the folder with dvc.yaml and params.yaml) or pass --params PATH."
         )
-    from cmhash.params_file import read_yaml_file
-
     return validate_params(read_yaml_file(path), path)
 
 
