@@ -4,7 +4,10 @@ For each encoder (the offline pair; open_clip ViT-B-32 with random weights, whic
 trained ones) and each source of images (pixels stored in a prepared file; JPEG files on disk, as
 for MIRFlickr, NUS-WIDE, MS-COCO or your own data), it times the encode stage's own loop: batches
 read, decoded and preprocessed by ``loaders`` threads (0: in the model's thread, as before the
-pipeline existed) while the model embeds the current batch. Images per second and captions per
+pipeline existed) while the model embeds the current batch. On CUDA it also times the stored
+pixels copied as uint8 and resized and normalised on the GPU, and JPEG files decoded on the GPU
+(nvJPEG through torchvision's ``decode_jpeg``; the loader threads only read the files), resized and
+normalised there. Images per second and captions per
 second, the best of ``--repeats`` runs after a warm-up batch. CUDA is used when present.
 
     python bench/encode_throughput.py                       # -> bench/results/encode_throughput.json
@@ -60,6 +63,52 @@ def images_per_second(encoder, prepared: Path, batch_size: int, loaders: int, re
                 encoder.embed_images(pixels)
             best = min(best, time.perf_counter() - started)
         return data.n_items / best
+
+
+def jpegs_decoded_on_device_per_second(encoder, prepared: Path, batch_size: int, loaders: int, repeats: int) -> float:
+    """JPEG files read by the loader threads and decoded, resized and normalised on the device
+    (nvJPEG on CUDA), then embedded: the encoder's ``prepare_jpegs`` / ``embed_jpegs``."""
+    from cmhash.datasets.prepared import PreparedData
+    from cmhash.finetune import prefetched
+
+    with PreparedData(prepared) as data:
+        paths = [data.image_root / path for path in data.image_paths]
+    batches = [paths[start:start + batch_size] for start in range(0, len(paths), batch_size)]
+
+    def read(batch):
+        return encoder.prepare_jpegs([path.read_bytes() for path in batch])
+
+    encoder.embed_jpegs(read(batches[0]))  # warm-up
+    best = float("inf")
+    for _ in range(repeats):
+        started = time.perf_counter()
+        for _, encoded in prefetched(batches, read, workers=loaders):
+            encoder.embed_jpegs(encoded)
+        best = min(best, time.perf_counter() - started)
+    return len(paths) / best
+
+
+def pixels_preprocessed_on_device_per_second(encoder, prepared: Path, batch_size: int, loaders: int, repeats: int) -> float:
+    """Stored pixels read by the loader threads as uint8 arrays, resized and normalised on the device,
+    then embedded: the encoder's ``prepare_pixels`` / ``embed_pixels``."""
+    from cmhash.datasets.prepared import PreparedData
+    from cmhash.finetune import prefetched
+
+    with PreparedData(prepared) as data:
+        pixels = data.images[()]
+    batches = [np.arange(start, min(start + batch_size, len(pixels))) for start in range(0, len(pixels), batch_size)]
+
+    def read(rows):
+        return encoder.prepare_pixels(pixels[rows[0]:rows[-1] + 1])
+
+    encoder.embed_pixels(read(batches[0]))  # warm-up
+    best = float("inf")
+    for _ in range(repeats):
+        started = time.perf_counter()
+        for _, batch in prefetched(batches, read, workers=loaders):
+            encoder.embed_pixels(batch)
+        best = min(best, time.perf_counter() - started)
+    return len(pixels) / best
 
 
 def texts_per_second(encoder, prepared: Path, batch_size: int, loaders: int, repeats: int) -> float:
@@ -139,6 +188,17 @@ def main(argv=None) -> int:
                     rows.append({"encoder": name, "device": device, "input": f"images from {source}", "loaders": loaders,
                                  "batch_size": batch_size, "per_second": round(rate, 1)})
                     print(f"{name:9} {device}: images from {source:6}, loaders {loaders}: {rate:8.1f} images/s", flush=True)
+                if device == "cuda":
+                    rate = pixels_preprocessed_on_device_per_second(encoder, sources["pixels"], batch_size, loaders, args.repeats)
+                    rows.append({"encoder": name, "device": device, "input": "images from pixels, preprocessed on the GPU",
+                                 "loaders": loaders, "batch_size": batch_size, "per_second": round(rate, 1)})
+                    print(f"{name:9} {device}: images from pixels preprocessed on the GPU, loaders {loaders}: {rate:8.1f} images/s",
+                          flush=True)
+                    rate = jpegs_decoded_on_device_per_second(encoder, sources["jpeg"], batch_size, loaders, args.repeats)
+                    rows.append({"encoder": name, "device": device, "input": "images from jpeg, decoded on the GPU (nvJPEG)",
+                                 "loaders": loaders, "batch_size": batch_size, "per_second": round(rate, 1)})
+                    print(f"{name:9} {device}: images from jpeg decoded on the GPU, loaders {loaders}: {rate:8.1f} images/s",
+                          flush=True)
                 rate = texts_per_second(encoder, sources["pixels"], batch_size, loaders, args.repeats)
                 rows.append({"encoder": name, "device": device, "input": "captions", "loaders": loaders,
                              "batch_size": batch_size, "per_second": round(rate, 1)})

@@ -5,7 +5,9 @@ prune), both indexes built from the same packed bits, both given the same thread
 
 - one query at a time (the latency a search request sees): the median and the 95th percentile
   over ``--single-queries`` queries, each a separate ``search`` call;
-- batches of ``--batch`` queries: queries per second.
+- batches of ``--batch`` queries: queries per second;
+- on a machine with CUDA, the same for the engine's torch path on the GPU (``device="cuda"``),
+  whose answers must equal the CPU kernel's exactly.
 
 Every timing is the fastest of ``--repeats`` runs after a warm-up (numba compiles or loads its
 kernel once). The distances of both must be equal, query for query (FAISS orders ties its own way,
@@ -80,8 +82,11 @@ def main(argv=None) -> int:
 
     import faiss
     import numba
+    import torch
 
     from cmhash.search import HammingIndex
+
+    cuda = torch.cuda.is_available()
 
     threads = numba.get_num_threads()
     faiss.omp_set_num_threads(threads)  # the same threads for both
@@ -109,14 +114,27 @@ def main(argv=None) -> int:
                                   "faiss": single_query_latencies(theirs.search, queries[:args.single_queries], k)}}
                 row["batch"]["speedup"] = round(row["batch"]["cmhash_qps"] / row["batch"]["faiss_qps"], 2)
                 row["single"]["speedup"] = round(row["single"]["faiss"]["median_ms"] / row["single"]["cmhash"]["median_ms"], 2)
+                if cuda:  # the torch path on the GPU: the same answers as the CPU kernel, ties included
+                    ours.search(queries[:2], k, device="cuda")  # the codes are copied to the GPU once
+                    cuda_seconds, cuda_result = fastest(lambda index=ours, k=k: index.search(queries, k, device="cuda"),
+                                                        args.repeats)
+                    row["batch"]["cuda_qps"] = round(len(queries) / cuda_seconds, 1)
+                    row["single"]["cuda"] = single_query_latencies(lambda q, k, index=ours: index.search(q, k, device="cuda"),
+                                                                   queries[:args.single_queries], k)
+                    row["cuda_equals_cpu"] = bool(np.array_equal(cuda_result[0], our_result[0])
+                                                  and np.array_equal(cuda_result[1], our_result[1]))
+                    print(f"{'':>10}   cuda: batch {row['batch']['cuda_qps']:>9,.0f} QPS; one query "
+                          f"{row['single']['cuda']['median_ms']:.2f} ms; equal to the CPU kernel: {row['cuda_equals_cpu']}",
+                          flush=True)
                 rows.append(row)
                 print(f"{n:>10,} x {bits:3} bits, k={k:3}: batch {row['batch']['cmhash_qps']:>9,.0f} QPS vs FAISS "
                       f"{row['batch']['faiss_qps']:>8,.0f} ({row['batch']['speedup']}x); one query "
                       f"{row['single']['cmhash']['median_ms']:.2f} ms vs {row['single']['faiss']['median_ms']:.2f} ms "
                       f"({row['single']['speedup']}x); same results: {agree}", flush=True)
             del database, ours, theirs
-    write_results(args.out, faiss=faiss.__version__, threads=threads, results=rows)
-    return 0 if all(row["same_results"] for row in rows) else 1
+    write_results(args.out, faiss=faiss.__version__, threads=threads, torch=torch.__version__,
+                  gpu=torch.cuda.get_device_name() if cuda else None, results=rows)
+    return 0 if all(row["same_results"] and row.get("cuda_equals_cpu", True) for row in rows) else 1
 
 
 if __name__ == "__main__":

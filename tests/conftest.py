@@ -24,6 +24,19 @@ TINY_CLIP = {
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
+def pytest_collection_modifyitems(config, items):
+    """``gpu`` tests skip, saying why, on a machine where CUDA is not available (they are not
+    selected by default; ``-m gpu`` selects them)."""
+    gpu = [item for item in items if item.get_closest_marker("gpu")]
+    if not gpu:
+        return
+    import torch
+
+    if not torch.cuda.is_available():
+        for item in gpu:
+            item.add_marker(pytest.mark.skip(reason="needs a CUDA device (torch.cuda.is_available() is False here)"))
+
+
 def tiny_params(clip_config: Path | None = None) -> dict:
     """The project's params.yaml shrunk to seconds: 120 items, short training, two code lengths."""
     params = yaml.safe_load((REPO / "params.yaml").read_text())

@@ -282,3 +282,29 @@ def test_batch_size_auto_on_cuda_fits_in_free_memory(clip_config):
     batch = resolve_batch_size("auto", encoder)
     assert SMALLEST <= batch <= LARGEST and batch & (batch - 1) == 0
     assert encoder.encode_images(_images(batch)).shape[0] == batch  # a batch of that size runs
+
+
+@pytest.mark.parametrize("backend", ["offline", "open_clip"])
+def test_jpegs_decoded_on_the_device_give_the_features_of_the_cpu_path(tmp_path, clip_config, backend):
+    """The GPU decoding path (bytes -> decode_jpeg -> resize on the device) against PIL's, run on the
+    CPU here with the same code: features equal up to resampling differences."""
+    import io
+
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    files = []
+    for height, width in ((64, 64), (80, 120), (64, 64), (130, 90)):  # mixed shapes, resized in groups
+        pixels = (rng.random((height // 8, width // 8, 3)) * 255).astype(np.uint8)
+        buffer = io.BytesIO()
+        Image.fromarray(pixels).resize((width, height), Image.BILINEAR).save(buffer, format="JPEG", quality=95)
+        files.append(buffer.getvalue())
+    settings = {"backend": "offline", "device": "cpu", "offline": {"image_size": 64}} if backend == "offline" else {
+        "backend": "open_clip", "device": "cpu",
+        "open_clip": {"model": "tiny-clip-test", "pretrained": None, "model_config": str(clip_config)}}
+    encoder = build_encoder(settings)
+    on_cpu = encoder.encode_images([Image.open(io.BytesIO(data)) for data in files])
+    on_device = encoder.embed_jpegs(encoder.prepare_jpegs(files))
+    assert on_device.shape == on_cpu.shape
+    cosine = (on_cpu * on_device).sum(1) / np.linalg.norm(on_cpu, axis=1) / np.linalg.norm(on_device, axis=1)
+    assert cosine.min() > 0.995, cosine

@@ -75,6 +75,23 @@ def test_methods_fit_encode_save_load(tmp_path, name, settings):
     assert np.array_equal(last_loaded, codes[-1])
 
 
+@pytest.mark.gpu
+@pytest.mark.parametrize("name, settings", SMOKE)
+def test_methods_fit_on_cuda_save_and_load_on_the_cpu(tmp_path, name, settings):
+    """The train stage's path with train.device: auto on a GPU worker: fit on CUDA, save, load and
+    encode on the CPU (as the index stage and search do), the same codes as on CUDA."""
+    image, text, labels = _features(with_labels=True)
+    method = build_method(name, 8, settings, seed=1, device="cuda").fit(image, text, labels=labels)
+    codes = method.encode(images=image, texts=text) if method.fused else method.encode(texts=text)
+    assert codes.shape == (40, 8) and set(np.unique(codes)) <= {-1, 1}
+    again = build_method(name, 8, settings, seed=1, device="cuda").fit(image, text, labels=labels)
+    assert np.array_equal(again.encode(images=image, texts=text) if method.fused else again.encode(texts=text), codes)
+    save_model(tmp_path / "model.pt", name, method, settings, seed=1)
+    loaded = load_model(tmp_path / "model.pt", device="cpu")
+    on_cpu = loaded.encode(images=image, texts=text) if method.fused else loaded.encode(texts=text)
+    assert (on_cpu == codes).mean() > 0.95  # the same weights; float arithmetic may flip a bit near zero
+
+
 @pytest.mark.parametrize("name", ["dcmht", "mesdch", "clipmh"])
 def test_supervised_methods_need_labels(name):
     with pytest.raises(CmhashError, match="supervised"):

@@ -74,6 +74,63 @@ class Encoder(ABC):
     def encode_texts(self, texts: list[str]) -> np.ndarray:
         return self.embed_texts(self.prepare_texts(texts))
 
+    # JPEG files decoded on the device (nvJPEG on CUDA): the loader threads only read the files'
+    # bytes, and decoding, resizing and normalising run where the model runs. The result is close to
+    # the CPU path's (PIL decodes and resizes there), not equal: resampling differs in the last bits.
+
+    def prepare_jpegs(self, files: list[bytes]) -> list:
+        """The encoded files as uint8 tensors (any thread)."""
+        import torch
+
+        return [torch.frombuffer(bytearray(data), dtype=torch.uint8) for data in files]
+
+    def embed_jpegs(self, encoded: list) -> np.ndarray:
+        """Decode on the device, preprocess there (:meth:`preprocess_on_device`) and embed."""
+        from torchvision.io import ImageReadMode, decode_jpeg
+
+        images = decode_jpeg(encoded, mode=ImageReadMode.RGB, device=self.device)
+        return self.embed_images(self.preprocess_on_device(images))
+
+    def prepare_pixels(self, pixels: np.ndarray):
+        """Stored (n, H, W, 3) uint8 pixels as a tensor ready to copy to the device (any thread)."""
+        import torch
+
+        return self.pinned(torch.from_numpy(np.ascontiguousarray(pixels)))
+
+    def embed_pixels(self, pixels) -> np.ndarray:
+        """Copy uint8 pixels to the device (a quarter of the float batch's bytes), preprocess and
+        embed them there."""
+        images = pixels.to(self.device, non_blocking=True).permute(0, 3, 1, 2)
+        return self.embed_images(self.preprocess_on_device(list(images)))
+
+    def preprocess_on_device(self, images: list) -> Any:
+        """Decoded (3, H, W) uint8 images on the device -> the model's input batch."""
+        raise NotImplementedError(f"{type(self).__name__} preprocesses on the CPU only")
+
+    @staticmethod
+    def resize_on_device(images: list, size: int | tuple[int, int]):
+        """Each image resized as PIL's bicubic resample does (antialiased), to ``size`` (height, width)
+        or, for an int, so that its shorter side is ``size``; images of one shape are resized together.
+        Returns float tensors in [0, 255], in the order given."""
+        import torch
+        import torch.nn.functional as F
+
+        out: list = [None] * len(images)
+        shapes: dict[tuple[int, int], list[int]] = {}
+        for i, image in enumerate(images):
+            shapes.setdefault(tuple(image.shape[-2:]), []).append(i)
+        for (height, width), rows in shapes.items():
+            if isinstance(size, int):
+                scale = size / min(height, width)
+                target = (max(size, round(height * scale)), max(size, round(width * scale)))
+            else:
+                target = size
+            batch = torch.stack([images[i] for i in rows]).float()
+            resized = F.interpolate(batch, size=target, mode="bicubic", antialias=True, align_corners=False).clamp_(0, 255)
+            for i, image in zip(rows, resized):
+                out[i] = image
+        return out
+
 
 def build_encoder(encode: dict[str, Any]) -> Encoder:
     """Build the encoder that ``encode.backend`` names, with its settings from ``encode.<backend>``."""

@@ -84,6 +84,20 @@ class OpenClipEncoder(Encoder):
         batch = self._torch.stack([self.preprocess(img.convert("RGB")) for img in images])
         return self.pinned(batch)
 
+    def preprocess_on_device(self, images: list):
+        """open_clip's preprocessing (shorter side resized to the input size, bicubic; centre crop;
+        the model's mean and standard deviation) on the device, for images decoded there."""
+        torch = self._torch
+        side = self.model.visual.image_size
+        side = side[0] if isinstance(side, (tuple, list)) else int(side)
+        crops = []
+        for image in self.resize_on_device(images, side):
+            top, left = round((image.shape[-2] - side) / 2), round((image.shape[-1] - side) / 2)  # as CenterCrop
+            crops.append(image[:, top:top + side, left:left + side])
+        mean = torch.tensor(self.model.visual.image_mean, device=crops[0].device).view(1, 3, 1, 1)
+        std = torch.tensor(self.model.visual.image_std, device=crops[0].device).view(1, 3, 1, 1)
+        return (torch.stack(crops) / 255.0 - mean) / std
+
     def embed_images(self, batch) -> np.ndarray:
         torch = self._torch
         batch = self.on_device(batch)

@@ -58,6 +58,11 @@ class OfflinePretrainedEncoder(Encoder):
         batch = (self._torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2) - IMAGE_MEAN) / IMAGE_STD
         return self.pinned(batch)
 
+    def preprocess_on_device(self, images: list):
+        """:meth:`prepare_images` on the device, for images decoded there."""
+        batch = self._torch.stack(self.resize_on_device(images, (self.image_size, self.image_size))) / 255.0
+        return (batch - IMAGE_MEAN) / IMAGE_STD
+
     def embed_images(self, batch) -> np.ndarray:
         torch = self._torch
         batch = self.on_device(batch)

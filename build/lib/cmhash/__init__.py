@@ -1,0 +1,3 @@
+"""cmhash: a reproducible, orchestrated pipeline for CLIP-based cross-modal hashing."""
+
+__version__ = "0.1.0"

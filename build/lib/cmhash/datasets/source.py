@@ -1,0 +1,90 @@
+"""What a dataset source hands to the prepare stage, and the helpers every source shares.
+
+Each source is one module of :mod:`cmhash.datasets` with two functions::
+
+    build(dataset: dict, progress: bool) -> SourceData      # read the user's files
+    expected(dataset: dict, summary: dict) -> dict[str, int]  # what validate checks for this source
+
+``dataset`` is the ``dataset`` section of params.yaml as :func:`cmhash.params.load_params` checked
+and completed it; a source's own options sit under ``dataset.<name>``, and the module declares
+them, with their defaults, as a schema class ``Options``. ``expected`` may return ``labels`` (label count), ``items`` (pairs) and
+``vocabulary`` (bag-of-words width) where the source defines them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from cmhash.errors import CmhashError
+
+
+class PixelArray(Protocol):
+    """(N, H, W, 3) uint8 pixels that can be sliced along N (a numpy array or a lazy reader)."""
+
+    shape: tuple[int, ...]
+
+    def __getitem__(self, rows: slice) -> np.ndarray: ...
+
+
+@dataclass
+class SourceData:
+    """One source read into memory (pixels may stay lazy), before the split is drawn.
+
+    ``summary`` counts what was read, kept and skipped (by reason); it is stored in the prepared
+    file and shown by prepare and validate.
+    """
+
+    labels: np.ndarray
+    label_names: list[str]
+    texts: list[str]
+    text_item: np.ndarray
+    summary: dict[str, int]
+    images: PixelArray | None = None
+    image_paths: list[str] | None = None
+    image_root: str | None = None
+    bag_of_words: np.ndarray | None = None
+    vocabulary: list[str] | None = None
+
+
+def source_root(dataset: dict[str, Any]) -> Path:
+    """``dataset.root``, which must be an existing folder."""
+    if not dataset.get("root"):
+        raise CmhashError(f"params.yaml: dataset.root must name the folder with the {dataset.get('name')} files.")
+    root = Path(dataset["root"]).expanduser().resolve()
+    if not root.is_dir():
+        raise CmhashError(f"dataset.root {root} is not a folder; set dataset.root to where you put the "
+                          f"{dataset.get('name')} files (docs/data.md).")
+    return root
+
+
+MAX_IMAGE_PIXELS = 89_478_485  # PIL's default limit; dataset.max_image_pixels changes it
+
+
+def too_many_pixels(path: Path, where: str) -> str:
+    """The message for an image over PIL's decompression-bomb limit."""
+    from PIL import Image
+
+    return (f"{where}: image {path} has more than twice {Image.MAX_IMAGE_PIXELS:,} pixels, the limit PIL keeps against "
+            "decompression bombs; if the image is genuine, raise dataset.max_image_pixels in params.yaml.")
+
+
+def check_images_exist(root: Path, paths: list[str], describe: Any, progress: bool) -> None:
+    """Stop with the item's name when an image file is missing (``describe(i)`` names item i)."""
+    from tqdm import tqdm
+
+    for i, path in enumerate(tqdm(paths, desc="checking image files", unit="image", disable=not progress)):
+        if not (root / path).is_file():
+            raise CmhashError(f"{describe(i)}: image {root / path} does not exist; put the images where "
+                              "docs/data.md says or fix dataset.root.")
+
+
+def multi_hot(rows: list[list[int]], n_labels: int) -> np.ndarray:
+    """(N, C) uint8 labels from each item's list of label columns."""
+    labels = np.zeros((len(rows), n_labels), dtype=np.uint8)
+    for i, columns in enumerate(rows):
+        labels[i, columns] = 1
+    return labels

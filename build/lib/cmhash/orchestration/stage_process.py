@@ -1,0 +1,121 @@
+"""One DVC stage, run by ``dvc repro --single-item STAGE`` in a process of its own.
+
+DVC is not thread-safe, so every stage gets its own ``dvc`` process, and DVC decides: an unchanged
+stage is skipped, a stage whose inputs the run-cache has seen gets its outputs restored, any other
+runs; ``dvc.lock`` is updated either way. ``--wait-for-lock`` waits for the repository lock, which
+concurrent stages hold briefly while they read and write ``dvc.lock``. The process runs under a
+:mod:`~cmhash.orchestration.lifeline`, so it and its commands end when the flow's process ends.
+
+What DVC did is read from what it wrote (:mod:`~cmhash.orchestration.dvc_state`), not from what it
+printed: ``dvc.lock``'s entry for the stage unchanged means skipped; changed, and already in the
+run-cache before the stage started, means restored; otherwise ran. A stage whose files another
+DVC process holds (DVC's per-path locks fail at once) raises :class:`StageBusy`, which the task
+retries.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+from cmhash.orchestration import lifeline
+from cmhash.orchestration.dvc_state import PathHolder, PipelineStage, dvc_command, lock_entries, path_holders, restorable
+
+OUTCOMES = ("ran", "skipped", "restored")
+
+
+class StageFailed(Exception):
+    """The stage's command failed; the message is the stage's own error."""
+
+
+class StageBusy(StageFailed):
+    """Another DVC process holds a file the stage reads or writes; retry later."""
+
+
+@dataclass(frozen=True)
+class StageOutcome:
+    stage: str
+    outcome: str          # one of OUTCOMES
+    started: float        # time.time() at start and end, to see what overlapped
+    finished: float
+    device: str | None = None  # the GPU it was given (CUDA_VISIBLE_DEVICES), if any
+
+    def as_dict(self) -> dict:
+        """What the task returns and the run's ``stage-outcomes`` table shows; times of day (UTC) to
+        the millisecond, so that the table shows which stages ran at the same time."""
+        clock = lambda t: datetime.fromtimestamp(t, timezone.utc).strftime("%H:%M:%S.%f")[:12]  # noqa: E731
+        return {"stage": self.stage, "outcome": self.outcome, "started": clock(self.started),
+                "finished": clock(self.finished), "seconds": round(self.finished - self.started, 1), "gpu": self.device or ""}
+
+
+def stage_environment(device: str | None = None) -> dict[str, str]:
+    """The environment of a stage's process: this one's, with this environment's ``bin`` first on the
+    PATH (dvc.yaml's commands are ``cmhash ...``), unbuffered output, and the GPU it was given."""
+    env = dict(os.environ)
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    env["PYTHONUNBUFFERED"] = "1"
+    if device is not None:
+        env["CUDA_VISIBLE_DEVICES"] = device
+    return env
+
+
+def _holders_text(holders: list[PathHolder]) -> str:
+    return "; ".join(sorted({f"PID {holder.pid} ({holder.command}) holds {holder.path}" for holder in holders}))
+
+
+def run_dvc_stage(root: str | Path, stage: PipelineStage, device: str | None = None,
+                  log: Callable[[str], None] | None = None) -> StageOutcome:
+    """Reproduce one stage in ``root``; every line DVC and the stage print goes to ``log`` (default:
+    print)."""
+    log = log or print
+    if holders := path_holders(root, stage.paths):
+        raise StageBusy(f"{stage.name}: another DVC process works on its files: {_holders_text(holders)}")
+    before = lock_entries(root).get(stage.name)
+    started = time.time()
+    process = subprocess.Popen(lifeline.command(os.getpid(), dvc_command("--wait-for-lock", "repro", "--single-item", stage.name)),
+                               cwd=root, env=stage_environment(device), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                               text=True, errors="replace")
+    lines = []
+    for line in process.stdout:
+        line = line.rstrip("\n")
+        lines.append(line)
+        log(line)
+    if process.wait() != 0:
+        if holders := path_holders(root, stage.paths):
+            raise StageBusy(f"{stage.name}: another DVC process held its files: {_holders_text(holders)}")
+        raise StageFailed(f"{stage.name} failed: {stage_error(lines)}")
+    after = lock_entries(root).get(stage.name)
+    if after is None:
+        raise StageFailed(f"{stage.name}: DVC ended without an error but recorded no entry for it in dvc.lock.")
+    if after == before:
+        outcome = "skipped"
+    else:
+        outcome = "restored" if restorable(root, after, started) else "ran"
+    return StageOutcome(stage.name, outcome, started, time.time(), device)
+
+
+_STAGE_ERROR = re.compile(r"^cmhash [\w-]+: error: ")
+
+
+def stage_error(lines: list[str]) -> str:
+    """The stage's own error, for the run's message: what a ``cmhash`` command printed after
+    ``cmhash STAGE: error:`` (a validation failure lists every failed expectation), else DVC's
+    ``ERROR`` lines, else the tail. (Only the message is taken from the output; what happened is
+    read from DVC's files.)"""
+    for i, line in enumerate(lines):
+        if _STAGE_ERROR.match(line):
+            own = [_STAGE_ERROR.sub("", line)]
+            for later in lines[i + 1:]:
+                if later.startswith("ERROR: "):  # DVC's own summary follows the command's output
+                    break
+                own.append(later)
+            return "\n".join(own).strip()
+    dvc_errors = [line.removeprefix("ERROR: ") for line in lines if line.startswith("ERROR: ")]
+    return "\n".join(dvc_errors or lines[-20:]).strip()

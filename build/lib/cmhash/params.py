@@ -1,0 +1,215 @@
+"""``params.yaml``: one schema for every key of every stage, checked once, when the file is loaded.
+
+:func:`load_params` returns the file as a plain dict, checked against the schema and completed
+with the defaults, so every stage reads typed values and none keeps a default of its own. Where
+the defaults live: a dataset source's options in its module (``Options``), an encoder's and a
+hashing method's settings in their class's signature, everything else here. An unknown key is an
+error that names it and the closest valid key; a wrong type or range is one line naming the key,
+the value given and what is expected.
+"""
+
+from __future__ import annotations
+
+import difflib
+import functools
+import inspect
+import typing
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator
+
+from cmhash.errors import CmhashError, quote
+from cmhash.params_file import read_yaml_file
+
+
+class Section(BaseModel):
+    """A mapping of params.yaml: no unknown keys, no type coercion (``'0.001'`` is not a number),
+    no NaN or infinity."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False, protected_namespaces=(),
+                              populate_by_name=True)
+
+
+Seed = Annotated[int, Field(ge=0, le=2**32 - 1)]        # what numpy's and torch's generators take everywhere
+Count = Annotated[int, Field(ge=1, le=1_000_000_000)]   # items, ks, ranks: far above any dataset here
+Device = Annotated[str, Field(pattern=r"^(auto|cpu|cuda(:\d+)?)$")]
+
+
+# ---- settings taken from a class signature (encoders, hashing methods)
+
+_SIGNATURE_ONLY = {"self", "bits", "seed", "device", "progress"}  # given by the stage, not by params.yaml
+
+
+def settings_model(cls: type, name: str, partial: bool = False) -> type[Section]:
+    """A schema of the keyword settings of ``cls``'s constructor: types and ranges from its
+    annotations (``epochs: Epochs = 40``), defaults from its signature; ``partial``: every setting
+    optional, no defaults filled in."""
+    hints = typing.get_type_hints(cls.__init__, include_extras=True)
+    fields: dict[str, Any] = {}
+    for parameter in inspect.signature(cls.__init__).parameters.values():
+        if parameter.name in _SIGNATURE_ONLY:
+            continue
+        constraint: dict[str, Any] = {}
+        kind = hints.get(parameter.name, Any)
+        # pydantic keeps the name model_config for itself: such a setting gets another name in
+        # Python and keeps its own in params.yaml (the alias)
+        field_name = f"{parameter.name}_" if parameter.name == "model_config" else parameter.name
+        constraint["alias"] = parameter.name
+        if partial:
+            fields[field_name] = (kind | None, Field(None, **constraint))
+        else:
+            fields[field_name] = (kind, Field(parameter.default, **constraint))
+    return create_model(name, __base__=Section, **fields)
+
+
+@functools.cache
+def _method_models(partial: bool) -> dict[str, type[Section]]:
+    from cmhash.methods import method_class
+    from cmhash.methods.registry import METHODS
+
+    return {name: settings_model(method_class(name), f"{name}{'Override' if partial else 'Settings'}", partial)
+            for name in METHODS}
+
+
+@functools.cache
+def schema() -> type[Section]:
+    """The whole of params.yaml (built once: it reads the sources', encoders' and methods' modules)."""
+    from cmhash.datasets import SOURCES, source_module
+    from cmhash.datasets.source import MAX_IMAGE_PIXELS
+    from cmhash.datasets.splits import parse_split
+    from cmhash.encoders.clip import OpenClipEncoder
+    from cmhash.encoders.offline import OfflinePretrainedEncoder
+    from cmhash.methods.registry import METHODS
+    from cmhash.metrics.report import DEFAULT_MAP_KS, DEFAULT_TOP_R
+
+    sources = {name: (source_module(name).Options, source_module(name).Options()) for name in SOURCES}
+    dataset_fields: dict[str, Any] = dict(
+        name=(Literal[tuple(SOURCES)], ...),
+        seed=(Seed, 0),
+        root=(str | None, None),
+        # 1 Gpx at most: decoding one such RGB image takes 3 GB
+        max_image_pixels=(Annotated[int, Field(ge=1, le=1_000_000_000)], MAX_IMAGE_PIXELS),
+        split=(str | dict[str, int | str] | None, None),
+        **sources,
+    )
+
+    def check_split(cls, value, info):
+        try:
+            parse_split(value, 0, getattr(source_module(info.data.get("name", "builtin")), "DEFAULT_SPLIT", None))
+        except CmhashError as err:
+            raise ValueError(str(err).removeprefix("params.yaml: ")) from None
+        return value
+
+    Dataset = create_model("Dataset", __base__=Section, __validators__={
+        "split_is_a_protocol_or_sizes": field_validator("split")(check_split)}, **dataset_fields)
+    def check_batch_size(cls, value):
+        if value != "auto" and (type(value) is not int or not 1 <= value <= 65_536):
+            raise ValueError(f"encode.batch_size is {quote(value)}; expected auto or a whole number from 1 to 65536")
+        return value
+
+    Encode = create_model(
+        "Encode", __base__=Section, __validators__={
+            "batch_size_is_auto_or_a_count": field_validator("batch_size", mode="before")(check_batch_size)},
+        backend=(Literal["offline", "open_clip"], "offline"), device=(Device, "auto"), batch_size=(int | str, "auto"),
+        text=(Literal["auto", "captions", "bag_of_words"], "auto"),
+        loaders=(Annotated[int, Field(ge=0, le=256)], 2), shard_items=(Count, 4096),
+        workers=(Annotated[int, Field(ge=0, le=4096)], 0), scheduler=(str | None, None),
+        offline=(settings_model(OfflinePretrainedEncoder, "Offline"), settings_model(OfflinePretrainedEncoder, "Offline")()),
+        open_clip=(settings_model(OpenClipEncoder, "OpenClip"), settings_model(OpenClipEncoder, "OpenClip")()))
+    from cmhash.codes import MAX_BITS
+
+    Bits = Annotated[int, Field(ge=1, le=MAX_BITS)]
+    Train = create_model(
+        "Train", __base__=Section, seed=(Seed, 0), device=(Device, "auto"),
+        methods=(Annotated[list[Literal[tuple(METHODS)]], Field(min_length=1)], list(METHODS)),
+        bits=(Annotated[list[Bits], Field(min_length=1)], [16, 32, 64, 128]))
+    settings, overrides = _method_models(False), _method_models(True)
+    Methods = create_model("Methods", __base__=Section, **{name: (model, model()) for name, model in settings.items()})
+    MethodOverrides = create_model("MethodOverrides", __base__=Section,
+                                   **{name: (model | None, None) for name, model in overrides.items()})
+    DatasetOverrides = create_model("DatasetOverrides", __base__=Section,
+                                    **{name: (MethodOverrides | None, None) for name in SOURCES})
+    Evaluate = create_model(
+        "Evaluate", __base__=Section, device=(Device, "auto"),
+        map_ks=(Annotated[list[Count], Field(max_length=100)], list(DEFAULT_MAP_KS)),
+        top_r=(Annotated[list[Count], Field(min_length=1, max_length=1000)], list(DEFAULT_TOP_R)))
+    return create_model("Params", __base__=Section, dataset=(Dataset, ...), encode=(Encode, Encode()),
+                        train=(Train, Train()), methods=(Methods, Methods()),
+                        dataset_overrides=(DatasetOverrides, DatasetOverrides()), evaluate=(Evaluate, Evaluate()))
+
+
+def validate_params(raw: Any, path: str | Path = "params.yaml") -> dict[str, Any]:
+    """``raw`` checked against :func:`schema`, completed with the defaults, as a plain dict."""
+    if not isinstance(raw, dict):
+        raise CmhashError(f"{path}: expected a mapping of stage names to settings, got {type(raw).__name__}.")
+    model = schema()
+    try:
+        checked = model.model_validate(raw)
+    except ValidationError as err:
+        problems = [_describe(error, model) for error in err.errors()]
+        more = f" (and {len(problems) - 1} more: {'; '.join(problems[1:4])})" if len(problems) > 1 else ""
+        raise CmhashError(f"{path}: {problems[0]}{more}") from None
+    params = checked.model_dump(by_alias=True)
+    params["dataset_overrides"] = checked.dataset_overrides.model_dump(by_alias=True, exclude_none=True)  # only what is set
+    return params
+
+
+def _describe(error: dict[str, Any], model: type[BaseModel]) -> str:
+    """One validation error as one line: the key, the value given, what is expected."""
+    # pydantic's location, less the names it gives to the branches of a union
+    loc = [part for part in error["loc"] if isinstance(part, int) or not (
+        part.startswith(("literal[", "function-")) or part in ("str", "int", "dict[str,union[int,str]]"))]
+    key = "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in loc).lstrip(".")
+    loc = [str(part) for part in loc]
+    kind, context, given = error["type"], error.get("ctx", {}), error.get("input")
+    if kind == "extra_forbidden":
+        valid = _keys_at(model, loc[:-1])
+        close = difflib.get_close_matches(loc[-1], valid, n=1)
+        hint = f"did you mean {'.'.join([*loc[:-1], close[0]])}?" if close else f"valid keys here: {', '.join(valid)}"
+        return f"unknown key {key}; {hint}"
+    if kind == "missing":
+        return f"{key} is missing"
+    expected = {
+        "int_type": "a whole number", "float_type": "a number", "string_type": "a text", "bool_type": "true or false",
+        "list_type": "a list", "dict_type": "a mapping of keys to values", "model_type": "a mapping of keys to values",
+        "finite_number": "a finite number", "greater_than_equal": f"at least {context.get('ge')}",
+        "greater_than": f"more than {context.get('gt')}", "less_than_equal": f"at most {context.get('le')}",
+        "literal_error": f"one of {context.get('expected')}", "too_short": "at least one entry",
+        "too_long": f"at most {context.get('max_length')} entries",
+        "string_pattern_mismatch": "auto, cpu, cuda or cuda:N",
+    }.get(kind)
+    if kind == "value_error":
+        message = str(error["msg"]).removeprefix("Value error, ")
+        message = quote(message, 300)[1:-1] if len(message) > 300 else message
+        return message if message.startswith(key) else f"{key}: {message}"
+    return f"{key} is {quote(given)}; expected {expected or quote(error['msg'], 200)}"
+
+
+def _keys_at(model: type[BaseModel], loc: list[str]) -> list[str]:
+    """The valid keys of the mapping at ``loc``."""
+    for part in loc:
+        annotation = model.model_fields[part].annotation if part in model.model_fields else None
+        candidates = [a for a in typing.get_args(annotation) or [annotation] if isinstance(a, type) and issubclass(a, BaseModel)]
+        if not candidates:
+            return []
+        model = candidates[0]
+    return list(model.model_fields)
+
+
+def load_params(path: str | Path = "params.yaml") -> dict[str, Any]:
+    """Read, check and complete the parameter file (see the module docstring)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CmhashError(
+            f"{path}: parameter file not found. Run cmhash from the project root "
+            "(the folder with dvc.yaml and params.yaml) or pass --params PATH."
+        )
+    return validate_params(read_yaml_file(path), path)
+
+
+def method_params(params: dict[str, Any], method: str) -> dict[str, Any]:
+    """The settings of one hashing method: ``methods.<name>``, with the entry
+    ``dataset_overrides.<dataset.name>.<name>`` (the papers' per-dataset values) merged over it."""
+    overrides = (params["dataset_overrides"].get(params["dataset"]["name"]) or {}).get(method) or {}
+    return {**params["methods"][method], **{key: value for key, value in overrides.items() if value is not None}}

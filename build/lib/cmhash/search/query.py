@@ -1,0 +1,77 @@
+"""A new text or image becomes a code the way the indexed items did: the same encoder (checked
+against the index's recipe), the same row normalisation as the features file, then the index's
+model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from cmhash.errors import CmhashError
+
+
+class SearchError(CmhashError):
+    """A search request that cannot be served; ``status`` is its HTTP status code."""
+
+    def __init__(self, message: str, status: int = 400):
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass
+class EncodedQuery:
+    code: np.ndarray           # (1, bits) int8 in {-1, +1}
+    notes: list[str]           # what the user should know (a truncated text)
+
+
+def check_recipe(index_name: str, recipe: dict[str, Any], encoder) -> None:
+    """The encoder that would encode the query must be the one the index's items were encoded
+    with: same name, same settings."""
+    if encoder.name != recipe["name"] or _jsonable(encoder.settings()) != recipe["settings"]:
+        raise SearchError(
+            f"index {index_name} was built from features of {recipe['name']} {recipe['settings']}, but params.yaml's "
+            f"encode section gives {encoder.name} {_jsonable(encoder.settings())}: a query would be encoded differently "
+            "from the indexed items. Use the encode settings the index was built with, or rebuild it (dvc repro).", 409)
+
+
+def _jsonable(settings: dict[str, Any]) -> dict[str, Any]:
+    import json
+
+    return json.loads(json.dumps(settings, sort_keys=True))
+
+
+def _text_notes(encoder, recipe: dict[str, Any], text: str) -> list[str]:
+    """Refuse a text when the index's texts are not captions; say when the encoder truncates it."""
+    if recipe["text"] != "captions":
+        raise SearchError("this index's texts are bags of words (the features were not made from captions), so a "
+                          "typed text cannot be encoded like them; search with an image instead.", 422)
+    tokens, limit = encoder.count_tokens(text), encoder.context_length
+    if tokens > limit:
+        return [f"the query has {tokens} tokens; the text encoder reads the first {limit}, the rest was ignored"]
+    return []
+
+
+def encode_text(encoder, model, recipe: dict[str, Any], text: str) -> EncodedQuery:
+    from cmhash.features import normalise_rows
+
+    notes = _text_notes(encoder, recipe, text)
+    return EncodedQuery(model.encode(texts=normalise_rows(encoder.encode_texts([text]))), notes)
+
+
+def encode_image(encoder, model, image) -> EncodedQuery:
+    from cmhash.features import normalise_rows
+
+    return EncodedQuery(model.encode(images=normalise_rows(encoder.encode_images([image]))), [])
+
+
+def encode_pair(encoder, model, recipe: dict[str, Any], image, text: str) -> EncodedQuery:
+    """Fused methods (one code per image-text pair) take both."""
+    from cmhash.features import normalise_rows
+
+    notes = _text_notes(encoder, recipe, text)
+    image_features = normalise_rows(encoder.encode_images([image]))
+    text_features = normalise_rows(encoder.encode_texts([text]))
+    return EncodedQuery(model.encode(images=image_features, texts=text_features), notes)
