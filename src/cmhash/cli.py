@@ -31,6 +31,16 @@ STAGES = {
 }
 
 
+# The sections of params.yaml each command reads, and so checks (all: every section). check-params,
+# which dvc.yaml runs before every other stage, checks the whole file; the others check what they
+# read, so that evaluate, items or report do not import torch for the methods' settings.
+SECTIONS_READ = {
+    "prepare": ("dataset",), "validate": ("dataset",), "encode": ("dataset", "encode"), "items": ("dataset",),
+    "evaluate": ("dataset", "evaluate"), "index": ("dataset",), "report": ("dataset", "train", "evaluate"),
+    "search": ("dataset", "encode", "evaluate"), "serve": ("dataset", "encode", "evaluate"),
+}
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="cmhash",
@@ -142,7 +152,9 @@ def main(argv: list[str] | None = None) -> int:
             page = render_plots_page(args.root, args.root / args.out, args.cache_dir or default_cache_dir(), args.scripts_dir)
             print(f"wrote {page}")
             return 0
-        params = load_params(args.params)
+        from cmhash.params import SECTIONS
+
+        params = load_params(args.params, SECTIONS_READ.get(args.stage, SECTIONS))
         layout = Layout(args.root)
         if args.stage == "search":
             from cmhash.search.cli import run_search

@@ -72,16 +72,14 @@ def _method_models(partial: bool) -> dict[str, type[Section]]:
             for name in METHODS}
 
 
+SECTIONS = ("dataset", "encode", "train", "methods", "dataset_overrides", "evaluate")
+
+
 @functools.cache
-def schema() -> type[Section]:
-    """The whole of params.yaml (built once: it reads the sources', encoders' and methods' modules)."""
+def _dataset_model() -> type[Section]:
     from cmhash.datasets import SOURCES, source_module
     from cmhash.datasets.source import MAX_IMAGE_PIXELS
     from cmhash.datasets.splits import parse_split
-    from cmhash.encoders.clip import OpenClipEncoder
-    from cmhash.encoders.offline import OfflinePretrainedEncoder
-    from cmhash.methods.registry import METHODS
-    from cmhash.metrics.report import DEFAULT_MAP_KS, DEFAULT_TOP_R
 
     sources = {name: (source_module(name).Options, source_module(name).Options()) for name in SOURCES}
     dataset_fields: dict[str, Any] = dict(
@@ -101,14 +99,21 @@ def schema() -> type[Section]:
             raise ValueError(str(err).removeprefix("params.yaml: ")) from None
         return value
 
-    Dataset = create_model("Dataset", __base__=Section, __validators__={
+    return create_model("Dataset", __base__=Section, __validators__={
         "split_is_a_protocol_or_sizes": field_validator("split")(check_split)}, **dataset_fields)
+
+
+@functools.cache
+def _encode_model() -> type[Section]:
+    from cmhash.encoders.clip import OpenClipEncoder
+    from cmhash.encoders.offline import OfflinePretrainedEncoder
+
     def check_batch_size(cls, value):
         if value != "auto" and (type(value) is not int or not 1 <= value <= 65_536):
             raise ValueError(f"encode.batch_size is {quote(value)}; expected auto or a whole number from 1 to 65536")
         return value
 
-    Encode = create_model(
+    return create_model(
         "Encode", __base__=Section, __validators__={
             "batch_size_is_auto_or_a_count": field_validator("batch_size", mode="before")(check_batch_size)},
         backend=(Literal["offline", "open_clip"], "offline"), device=(Device, "auto"), batch_size=(int | str, "auto"),
@@ -117,33 +122,69 @@ def schema() -> type[Section]:
         workers=(Annotated[int, Field(ge=0, le=4096)], 0), scheduler=(str | None, None),
         offline=(settings_model(OfflinePretrainedEncoder, "Offline"), settings_model(OfflinePretrainedEncoder, "Offline")()),
         open_clip=(settings_model(OpenClipEncoder, "OpenClip"), settings_model(OpenClipEncoder, "OpenClip")()))
+
+
+@functools.cache
+def _train_model() -> type[Section]:
     from cmhash.codes import MAX_BITS
+    from cmhash.methods.registry import METHODS
 
     Bits = Annotated[int, Field(ge=1, le=MAX_BITS)]
-    Train = create_model(
+    return create_model(
         "Train", __base__=Section, seed=(Seed, 0), device=(Device, "auto"),
         methods=(Annotated[list[Literal[tuple(METHODS)]], Field(min_length=1)], list(METHODS)),
         bits=(Annotated[list[Bits], Field(min_length=1)], [16, 32, 64, 128]))
-    settings, overrides = _method_models(False), _method_models(True)
-    Methods = create_model("Methods", __base__=Section, **{name: (model, model()) for name, model in settings.items()})
+
+
+@functools.cache
+def _methods_model() -> type[Section]:
+    return create_model("Methods", __base__=Section, **{name: (model, model()) for name, model in _method_models(False).items()})
+
+
+@functools.cache
+def _dataset_overrides_model() -> type[Section]:
+    from cmhash.datasets import SOURCES
+
     MethodOverrides = create_model("MethodOverrides", __base__=Section,
-                                   **{name: (model | None, None) for name, model in overrides.items()})
-    DatasetOverrides = create_model("DatasetOverrides", __base__=Section,
-                                    **{name: (MethodOverrides | None, None) for name in SOURCES})
-    Evaluate = create_model(
+                                   **{name: (model | None, None) for name, model in _method_models(True).items()})
+    return create_model("DatasetOverrides", __base__=Section, **{name: (MethodOverrides | None, None) for name in SOURCES})
+
+
+@functools.cache
+def _evaluate_model() -> type[Section]:
+    from cmhash.metrics.report import DEFAULT_MAP_KS, DEFAULT_TOP_R
+
+    return create_model(
         "Evaluate", __base__=Section, device=(Device, "auto"),
         map_ks=(Annotated[list[Count], Field(max_length=100)], list(DEFAULT_MAP_KS)),
         top_r=(Annotated[list[Count], Field(min_length=1, max_length=1000)], list(DEFAULT_TOP_R)))
-    return create_model("Params", __base__=Section, dataset=(Dataset, ...), encode=(Encode, Encode()),
-                        train=(Train, Train()), methods=(Methods, Methods()),
-                        dataset_overrides=(DatasetOverrides, DatasetOverrides()), evaluate=(Evaluate, Evaluate()))
 
 
-def validate_params(raw: Any, path: str | Path = "params.yaml") -> dict[str, Any]:
-    """``raw`` checked against :func:`schema`, completed with the defaults, as a plain dict."""
+_SECTION_MODELS = {"dataset": _dataset_model, "encode": _encode_model, "train": _train_model, "methods": _methods_model,
+                   "dataset_overrides": _dataset_overrides_model, "evaluate": _evaluate_model}
+
+
+@functools.cache
+def schema(sections: tuple[str, ...] = SECTIONS) -> type[Section]:
+    """params.yaml with ``sections`` checked (default: all). A command that reads fewer sections
+    checks only those, so that it does not import what the others need (the methods' settings
+    import torch); the ``check-params`` stage, which dvc.yaml runs before every other, checks all."""
+    fields: dict[str, Any] = {}
+    for name in SECTIONS:
+        if name in sections:
+            model = _SECTION_MODELS[name]()
+            fields[name] = (model, ... if name == "dataset" else model())
+        else:
+            fields[name] = (Any, None)
+    return create_model("Params", __base__=Section, **fields)
+
+
+def validate_params(raw: Any, path: str | Path = "params.yaml", sections: tuple[str, ...] = SECTIONS) -> dict[str, Any]:
+    """``raw`` checked against :func:`schema` (``sections`` of it), completed with the defaults, as a
+    plain dict (the sections not checked are left as they are)."""
     if not isinstance(raw, dict):
         raise CmhashError(f"{path}: expected a mapping of stage names to settings, got {type(raw).__name__}.")
-    model = schema()
+    model = schema(tuple(sections))
     try:
         checked = model.model_validate(raw)
     except ValidationError as err:
@@ -151,7 +192,8 @@ def validate_params(raw: Any, path: str | Path = "params.yaml") -> dict[str, Any
         more = f" (and {len(problems) - 1} more: {'; '.join(problems[1:4])})" if len(problems) > 1 else ""
         raise CmhashError(f"{path}: {problems[0]}{more}") from None
     params = checked.model_dump(by_alias=True)
-    params["dataset_overrides"] = checked.dataset_overrides.model_dump(by_alias=True, exclude_none=True)  # only what is set
+    if "dataset_overrides" in sections:  # only what is set
+        params["dataset_overrides"] = checked.dataset_overrides.model_dump(by_alias=True, exclude_none=True)
     return params
 
 
@@ -197,15 +239,15 @@ def _keys_at(model: type[BaseModel], loc: list[str]) -> list[str]:
     return list(model.model_fields)
 
 
-def load_params(path: str | Path = "params.yaml") -> dict[str, Any]:
-    """Read, check and complete the parameter file (see the module docstring)."""
+def load_params(path: str | Path = "params.yaml", sections: tuple[str, ...] = SECTIONS) -> dict[str, Any]:
+    """Read, check and complete the parameter file (``sections`` of it; see :func:`schema`)."""
     path = Path(path)
     if not path.is_file():
         raise CmhashError(
             f"{path}: parameter file not found. Run cmhash from the project root "
             "(the folder with dvc.yaml and params.yaml) or pass --params PATH."
         )
-    return validate_params(read_yaml_file(path), path)
+    return validate_params(read_yaml_file(path), path, sections)
 
 
 def method_params(params: dict[str, Any], method: str) -> dict[str, Any]:
