@@ -1,3 +1,5 @@
+import json
+
 import h5py
 import numpy as np
 import pytest
@@ -7,6 +9,7 @@ from cmhash.encoders import build_encoder
 from cmhash.encoding import encode_dataset
 from cmhash.errors import CmhashError
 from cmhash.features import read_features
+from cmhash.layout import Layout
 
 
 def _images(n=3):
@@ -58,7 +61,7 @@ class _Interrupting:
 
     def __init__(self, inner, fail_at, modality="images"):
         self.inner, self.fail_at, self.modality, self.calls = inner, fail_at, modality, 0
-        self.name, self.aligned, self.settings = inner.name, inner.aligned, inner.settings
+        self.name, self.aligned, self.settings, self.device = inner.name, inner.aligned, inner.settings, inner.device
         self.prepare_images, self.prepare_texts = inner.prepare_images, inner.prepare_texts
 
     def embed_images(self, batch):
@@ -308,3 +311,42 @@ def test_jpegs_decoded_on_the_device_give_the_features_of_the_cpu_path(tmp_path,
     assert on_device.shape == on_cpu.shape
     cosine = (on_cpu * on_device).sum(1) / np.linalg.norm(on_cpu, axis=1) / np.linalg.norm(on_device, axis=1)
     assert cosine.min() > 0.995, cosine
+
+
+def _byo_images(root, formats):
+    from PIL import Image
+
+    root.mkdir(parents=True)
+    rng = np.random.default_rng(1)
+    lines = []
+    for i, fmt in enumerate(formats):
+        pixels = (rng.random((9, 12, 3)) * 255).astype(np.uint8)
+        Image.fromarray(pixels).resize((120, 90), Image.BILINEAR).save(root / f"{i}.{fmt}", quality=95)
+        lines.append(json.dumps({"image": f"{i}.{fmt}", "text": f"picture {i}", "labels": ["a" if i % 2 else "b"]}))
+    (root / "pairs.jsonl").write_text("\n".join(lines) + "\n")
+
+
+@pytest.mark.parametrize("source", ["pixels", "jpeg files", "jpeg and png files"])
+def test_the_device_route_of_the_encode_stage_gives_the_cpu_routes_features(tmp_path, project, monkeypatch, source):
+    """On CUDA the encode stage preprocesses stored pixels, and decodes JPEG files, on the device
+    (a batch with another format goes through PIL). The same route runs here on the CPU."""
+    from conftest import params_for_dataset
+
+    import cmhash.encoding
+
+    if source == "pixels":
+        params, layout = project
+        prepared = layout.prepared("builtin")
+    else:
+        _byo_images(tmp_path / "raw", ["jpg"] * 6 if source == "jpeg files" else ["jpg", "png"] * 3)
+        layout = Layout(tmp_path / "byo")
+        params = params_for_dataset({"name": "byo", "root": str(tmp_path / "raw"), "split": {"query": 2, "train": 3}})
+        prepared = stages.prepare(params, layout, progress=False)
+    encoder = build_encoder({"backend": "offline", "device": "cpu", "offline": {"image_size": 64}})
+    cpu, device = tmp_path / "cpu.h5", tmp_path / "device.h5"
+    encode_dataset(prepared, cpu, encoder, batch_size=4, progress=False)
+    monkeypatch.setattr(cmhash.encoding, "preprocess_on_device", lambda encoder: True)
+    encode_dataset(prepared, device, encoder, batch_size=4, progress=False)
+    a, b = read_features(cpu).images, read_features(device).images
+    cosine = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+    assert a.shape == b.shape and cosine.min() > 0.995, cosine

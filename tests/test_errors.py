@@ -54,9 +54,12 @@ def test_an_image_over_the_pixel_limit_names_the_file_and_how_to_raise_it(tmp_pa
     (root / "pairs.jsonl").write_text("".join(json.dumps({"image": f"{i}.png", "text": "a red thing", "labels": ["red"]}) + "\n"
                                               for i in range(4)))
     dataset = {"name": "byo", "root": str(root), "split": {"query": 1, "train": 2}, "max_image_pixels": 5000}
-    with pytest.raises(CmhashError, match=r"pairs.jsonl:1: image .*0.png has more than twice 5,000 pixels.*raise "
-                                          r"dataset.max_image_pixels in params.yaml"):
+    with pytest.raises(CmhashError, match=r"pairs.jsonl:1: image .*0.png has 12,000 pixels, more than "
+                                          r"dataset.max_image_pixels \(5,000\).*raise dataset.max_image_pixels in params.yaml"):
         stages.prepare(params_for_dataset(dataset), Layout(tmp_path / "p"), progress=False)
+    # between once and twice the limit, where PIL itself only warns
+    with pytest.raises(CmhashError, match=r"has 12,000 pixels, more than dataset.max_image_pixels \(10,000\)"):
+        stages.prepare(params_for_dataset({**dataset, "max_image_pixels": 10_000}), Layout(tmp_path / "p"), progress=False)
     stages.prepare(params_for_dataset({**dataset, "max_image_pixels": 20_000}), Layout(tmp_path / "p"), progress=False)
 
 

@@ -31,14 +31,11 @@ STAGES = {
 }
 
 
-# The sections of params.yaml each command reads, and so checks (all: every section). check-params,
-# which dvc.yaml runs before every other stage, checks the whole file; the others check what they
-# read, so that evaluate, items or report do not import torch for the methods' settings.
-SECTIONS_READ = {
-    "prepare": ("dataset",), "validate": ("dataset",), "encode": ("dataset", "encode"), "items": ("dataset",),
-    "evaluate": ("dataset", "evaluate"), "index": ("dataset",), "report": ("dataset", "train", "evaluate"),
-    "search": ("dataset", "encode", "evaluate"), "serve": ("dataset", "encode", "evaluate"),
-}
+# Commands that read no method's settings check every section of params.yaml but those two, whose
+# schema comes from the methods' classes (importing them imports torch: a second or more in every
+# short stage). check-params, which dvc.yaml runs before every other stage, checks all of them.
+WITHOUT_METHOD_SETTINGS = ("dataset", "encode", "train", "evaluate")
+READS_NO_METHOD_SETTINGS = {"prepare", "validate", "encode", "items", "evaluate", "index", "report", "search", "serve"}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -154,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         from cmhash.params import SECTIONS
 
-        params = load_params(args.params, SECTIONS_READ.get(args.stage, SECTIONS))
+        params = load_params(args.params, WITHOUT_METHOD_SETTINGS if args.stage in READS_NO_METHOD_SETTINGS else SECTIONS)
         layout = Layout(args.root)
         if args.stage == "search":
             from cmhash.search.cli import run_search

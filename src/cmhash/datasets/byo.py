@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from cmhash.datasets.source import SourceData, multi_hot, source_root, too_many_pixels
+from cmhash.datasets.source import SourceData, check_pixels, multi_hot, source_root, too_many_pixels
 from cmhash.errors import CmhashError
 from cmhash.params import Section
 
@@ -129,9 +129,10 @@ def check_images_decode(root: Path, pairs: list[Pair], progress: bool, max_pixel
     for pair in tqdm(pairs, desc="checking images", unit="image", disable=not progress):
         try:
             with Image.open(root / pair.image) as img:
+                check_pixels(img, max_pixels, pair.image, pair.where)  # PIL alone refuses only above twice the limit
                 img.verify()
-        except Image.DecompressionBombError:
-            raise CmhashError(too_many_pixels(root / pair.image, pair.where)) from None
+        except Image.DecompressionBombError as err:
+            raise CmhashError(too_many_pixels(root / pair.image, pair.where, err)) from None
         except (UnidentifiedImageError, OSError) as err:
             raise CmhashError(f"{pair.where}: image {pair.image!r} cannot be decoded ({err}); replace or remove it.") from None
 

@@ -217,6 +217,24 @@ class PreparedData:
         max_pixels = int(self.params.get("max_image_pixels", MAX_IMAGE_PIXELS))
         return [_open_image(self.image_root / _as_str(paths[i]), self.path, int(i), max_pixels) for i in items]
 
+    def load_pixels(self, items: np.ndarray) -> np.ndarray:
+        """The stored (n, H, W, 3) uint8 pixels of ``items`` (only when :attr:`stores_pixels`)."""
+        return np.stack([self.images[i] for i in np.asarray(items, dtype=np.int64)])  # item by item, as load_images
+
+    def load_image_files(self, items: np.ndarray) -> list[bytes]:
+        """The image files of ``items`` as they are on disk (for decoding on a GPU), each checked first
+        from its header alone: it exists, is an image, and is within the pixel limit."""
+        from cmhash.datasets.source import MAX_IMAGE_PIXELS
+
+        paths = self._file["image_paths"]
+        max_pixels = int(self.params.get("max_image_pixels", MAX_IMAGE_PIXELS))
+        files = []
+        for i in np.asarray(items, dtype=np.int64):
+            path = self.image_root / _as_str(paths[i])
+            _open_image(path, self.path, int(i), max_pixels, decode=False)
+            files.append(path.read_bytes())
+        return files
+
     def iter_images(self, batch_size: int, first: int = 0) -> Iterator[list["PIL.Image.Image"]]:  # noqa: F821
         """Yield the images from item ``first`` on as RGB PIL images, ``batch_size`` at a time."""
         from PIL import Image
@@ -238,17 +256,19 @@ class PreparedData:
         self.close()
 
 
-def _open_image(path: Path, prepared: Path, item: int, max_pixels: int):
+def _open_image(path: Path, prepared: Path, item: int, max_pixels: int, decode: bool = True):
+    """The image at ``path`` as RGB (``decode``), or only checked from its header."""
     from PIL import Image, UnidentifiedImageError
 
-    from cmhash.datasets.source import too_many_pixels
+    from cmhash.datasets.source import check_pixels, too_many_pixels
 
     Image.MAX_IMAGE_PIXELS = max_pixels
     try:
         with Image.open(path) as img:
-            return img.convert("RGB")
-    except Image.DecompressionBombError:
-        raise CmhashError(too_many_pixels(path, f"{prepared}: item {item}")) from None
+            check_pixels(img, max_pixels, path, f"{prepared}: item {item}")  # before decoding anything
+            return img.convert("RGB") if decode else None
+    except Image.DecompressionBombError as err:
+        raise CmhashError(too_many_pixels(path, f"{prepared}: item {item}", err)) from None
     except FileNotFoundError as err:
         raise CmhashError(f"{prepared}: item {item}: image {path} does not exist; check dataset.root.") from err
     except (UnidentifiedImageError, OSError) as err:

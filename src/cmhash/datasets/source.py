@@ -64,12 +64,31 @@ def source_root(dataset: dict[str, Any]) -> Path:
 MAX_IMAGE_PIXELS = 89_478_485  # PIL's default limit; dataset.max_image_pixels changes it
 
 
-def too_many_pixels(path: Path, where: str) -> str:
-    """The message for an image over PIL's decompression-bomb limit."""
+def too_many_pixels(path: Path | str, where: str, pixels: int | BaseException | None = None) -> str:
+    """The message for an image over the pixel limit (``dataset.max_image_pixels``); ``pixels`` is
+    the count, or PIL's DecompressionBombError, which states it."""
+    import re
+
     from PIL import Image
 
-    return (f"{where}: image {path} has more than twice {Image.MAX_IMAGE_PIXELS:,} pixels, the limit PIL keeps against "
-            "decompression bombs; if the image is genuine, raise dataset.max_image_pixels in params.yaml.")
+    if isinstance(pixels, BaseException):
+        found = re.search(r"\((\d+) pixels\)", str(pixels))
+        pixels = int(found[1]) if found else None
+    size = f"{pixels:,} pixels" if pixels is not None else "too many pixels"
+    return (f"{where}: image {path} has {size}, more than dataset.max_image_pixels ({Image.MAX_IMAGE_PIXELS:,}), the limit "
+            "kept against decompression bombs; if the image is genuine, raise dataset.max_image_pixels in params.yaml.")
+
+
+def check_pixels(image, max_pixels: int, path: Path | str, where: str) -> None:
+    """Refuse an opened (not yet decoded) PIL image with more than ``max_pixels`` pixels. PIL itself
+    refuses only above twice its limit (it merely warns between 1x and 2x), so the limit is checked
+    here, from the header, before any pixel is decoded."""
+    from PIL import Image
+
+    width, height = image.size
+    if width * height > max_pixels:
+        Image.MAX_IMAGE_PIXELS = max_pixels
+        raise CmhashError(too_many_pixels(path, where, width * height))
 
 
 def check_images_exist(root: Path, paths: list[str], describe: Any, progress: bool) -> None:
