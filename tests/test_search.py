@@ -113,8 +113,14 @@ def test_cli_searches_with_a_text_or_an_image(project, capsys):
     (["--method", "nope", "--bits", "32", "--text", "x"], "there is no index for method 'nope' at 32 bits; indexes here: clipmh 32, dcmht 32, lsh 32."),
     (["--method", "dcmht", "--bits", "64", "--text", "x"], "there is no index for method 'dcmht' at 64 bits"),
     (["--method", "dcmht", "--bits", "32", "--text", "   "], "the query text is empty"),
-    (["--method", "dcmht", "--bits", "32", "--text", "x", "--k", "0"], "k must be a positive whole number, got '0'"),
-    (["--method", "dcmht", "--bits", "32", "--text", "x", "--k", "ten"], "k must be a positive whole number, got 'ten'"),
+    (["--method", "dcmht", "--bits", "32", "--text", "x", "--k", "0"], "k must be a whole number from 1 to 10,000, got 0."),
+    (["--method", "dcmht", "--bits", "32", "--text", "x", "--k", "ten"], "k must be a whole number from 1 to 10,000, got 'ten'"),
+    (["--method", "dcmht", "--bits", "32", "--text", "x", "--k", "99999999"], "k must be a whole number from 1 to 10,000"),
+    (["--method", "../../../evil", "--bits", "32", "--text", "x"], "there is no index for method '../../../evil' at 32 bits"),
+    (["--method", "/tmp", "--bits", "32", "--text", "x"], "there is no index for method '/tmp' at 32 bits"),
+    (["--method", "m" * 300, "--bits", "32", "--text", "x"], "there is no index for method 'mmmmmmmm"),
+    (["--method", "dcmht", "--bits", "32", "--image", "/dev/zero"], "/dev/zero: not a regular file; --image takes an image file"),
+    (["--method", "dcmht", "--bits", "32", "--image", "."], ".: not a regular file"),
     (["--method", "dcmht", "--bits", "32"], "give a text or an image to search with"),
     (["--method", "clipmh", "--bits", "32", "--text", "x"], "clipmh makes one code per image-text pair"),
     (["--method", "dcmht", "--bits", "32", "--image", "params.yaml"], "is not an image PIL can read"),
@@ -174,8 +180,14 @@ def test_the_http_api(project):
     for request, status, message in [
         (("get", "/api/search", {"params": {"text": "", "method": "dcmht", "bits": 32}}), 400, "the query text is empty"),
         (("get", "/api/search", {"params": {"text": "x", "method": "x", "bits": 32}}), 404, "indexes here: clipmh 32"),
-        (("get", "/api/search", {"params": {"text": "x", "method": "dcmht", "bits": 32, "k": "-2"}}), 400, "k must be"),
-        (("get", "/api/search", {"params": {"method": "dcmht", "bits": 32}}), 400, "give the query as ?text="),
+        (("get", "/api/search", {"params": {"text": "x", "method": "dcmht", "bits": 32, "k": "-2"}}), 422,
+         "k: Input should be greater than or equal to 1"),
+        (("get", "/api/search", {"params": {"method": "dcmht", "bits": 32}}), 422, "text: Field required"),
+        (("get", "/api/search", {"params": {"text": "x", "method": "dcmht", "bits": "a lot"}}), 422, "bits: Input should be a valid integer"),
+        (("get", "/api/search", {"params": {"text": "x", "method": "/tmp/evil", "bits": 32}}), 404, "there is no index for method '/tmp/evil'"),
+        (("get", "/api/search", {"params": {"text": "x" * 10001, "method": "dcmht", "bits": 32}}), 422, "text: String should have at most 10000"),
+        (("get", "/api/nothing-here", {}), 404, "no such route: /api/nothing-here"),
+        (("delete", "/api/models", {}), 405, "DELETE is not allowed on /api/models"),
         (("post", "/api/search?method=dcmht&bits=32", {"content": b"not an image"}), 415, "not an image"),
         (("post", "/api/search?method=dcmht&bits=32", {"content": b""}), 400, "has no image"),
         (("post", "/api/search?method=dcmht&bits=32", {"content": b"0" * (10 * 1024 * 1024 + 1)}), 413, "bytes"),
@@ -324,3 +336,208 @@ def _drive_browser(base: str, tmp_path: Path, typed: str | None = None, url: str
     finally:
         browser.terminate()
         browser.wait(30)
+
+
+# ---- hostile and careless input (issue 19): names, limits, damaged files, the API document, batches
+
+@pytest.fixture
+def workspace(project, tmp_path):
+    """A copy of the module's project (indexes, catalog, metrics, params) that a test may damage."""
+    params, layout, evil_item = project
+    root = tmp_path / "copy"
+    for folder in ("data/index", "metrics"):
+        shutil.copytree(layout.root / folder, root / folder)
+    shutil.copy(layout.root / "params.yaml", root / "params.yaml")
+    return params, Layout(root)
+
+
+def _open_files() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def test_an_index_is_named_never_a_path_and_the_cache_stays_flat(workspace):
+    from cmhash.search.query import SearchError
+    from cmhash.search.service import SearchService
+
+    params, layout = workspace
+    service = SearchService(layout.root, params)
+    first = service.search("dcmht", 32, 3, text="a red square")
+    before, loaded = _open_files(), len(service._indexes)
+    spellings = [f"{'./' * i}dcmht" for i in range(1, 101)] + [f"dcmht{'/' * i}" for i in range(1, 101)]
+    spellings += [str(layout.index_dir("dcmht", 32)), "../index/dcmht", "/tmp/evil", "%2Fdcmht", "dcmht\x00", "DCMHT",
+                  "m" * 300, "..", "."] + [f"{i}/../dcmht" for i in range(91)]
+    for method in spellings:
+        with pytest.raises(SearchError, match="there is no index for method") as error:
+            service.search(method, 32, 3, text="a red square")
+        assert error.value.status == 404 and "indexes here: clipmh 32, dcmht 32, lsh 32." in str(error.value)
+        assert len(str(error.value)) < 200  # the name it refuses is quoted short
+    assert len(service._indexes) == loaded == 1 and _open_files() <= before + 2
+    assert service.search("dcmht", 32, 3, text="a red square")["results"] == first["results"]
+    # a folder that appears (dvc repro) is found; one that goes away is forgotten
+    shutil.copytree(layout.index_dir("lsh", 32), layout.root / "data" / "index" / "lsh-64")
+    assert (("lsh", 64) in service.catalog()) and not (layout.root / "data" / "index" / "lsh-64" / "x").exists()
+    shutil.rmtree(layout.index_dir("dcmht", 32))
+    with pytest.raises(SearchError, match="there is no index for method 'dcmht' at 32 bits"):
+        service.search("dcmht", 32, 3, text="a red square")
+    assert ("dcmht", 32) not in service._indexes
+
+
+def _png_header(width: int, height: int) -> bytes:
+    """A PNG that declares width x height pixels and holds none: a few dozen bytes that decode to
+    gigabytes (the pixel limit must refuse it from the header alone)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)) + chunk(b"IEND", b"")
+
+
+def test_the_pixel_limit_holds_between_once_and_twice_pils_own(workspace):
+    import resource
+
+    from cmhash.search.query import SearchError
+    from cmhash.search.service import SearchService
+
+    params, layout = workspace
+    service = SearchService(layout.root, params)
+    limit = params["dataset"]["max_image_pixels"]
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    for width, height in ((13000, 10300), (10000, 10000), (100000, 100000)):  # 1.5x, 1.1x and 112x the limit
+        assert width * height > limit
+        with pytest.raises(SearchError, match=f"has {width * height:,} pixels, more than dataset.max_image_pixels") as error:
+            service.search("dcmht", 32, 3, image=_png_header(width, height))
+        assert error.value.status == 413
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 200_000  # KB: nothing was decoded
+
+
+def test_image_files_for_the_cli_are_checked_before_they_are_read(workspace, tmp_path, capsys):
+    import resource
+
+    params, layout = workspace
+    sparse = tmp_path / "sparse.jpg"
+    with open(sparse, "wb") as handle:
+        handle.truncate(2 * 1024**3)  # 2 GB of nothing, allocated on no disk
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    assert _search(layout, "--method", "dcmht", "--bits", "32", "--image", str(sparse)) == 1
+    assert "sparse.jpg is 2,147,483,648 bytes; images up to 10,485,760 bytes are accepted." in capsys.readouterr().err
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 100_000
+
+
+DAMAGES = ["truncate", "flip a byte", "delete", "a folder", "a symbolic link", "another index's file"]
+
+
+@pytest.mark.parametrize("name", ["index.json", "model.pt", "ids.npy", "images.hidx", "texts.hidx"])
+def test_a_damaged_index_file_is_a_message_never_a_traceback_or_a_silent_difference(workspace, capsys, name):
+    params, layout = workspace
+    assert _search(layout, "--method", "dcmht", "--bits", "32", "--text", "a blue star", "--k", "5") == 0
+    expected = json.loads(capsys.readouterr().out)["results"]
+    original = (layout.index_dir("dcmht", 32) / name).read_bytes()
+    for damage in DAMAGES:
+        path = layout.index_dir("dcmht", 32) / name
+        if damage == "truncate":
+            path.write_bytes(original[:len(original) // 2])
+        elif damage == "flip a byte":
+            path.write_bytes(original[:len(original) // 2] + bytes([original[len(original) // 2] ^ 0x01]) + original[len(original) // 2 + 1:])
+        elif damage == "delete":
+            path.unlink()
+        elif damage == "a folder":
+            path.unlink()
+            path.mkdir()
+        elif damage == "a symbolic link":
+            (layout.root / "elsewhere").write_bytes(original)
+            path.unlink()
+            path.symlink_to(layout.root / "elsewhere")
+        else:
+            other = layout.index_dir("lsh", 32) / name
+            path.write_bytes(other.read_bytes())
+        code = _search(layout, "--method", "dcmht", "--bits", "32", "--text", "a blue star", "--k", "5")
+        captured = capsys.readouterr()
+        if code == 0:  # only when the damage changed nothing that matters (e.g. a flipped byte of padding)
+            assert json.loads(captured.out)["results"] == expected, (name, damage)
+        else:
+            err = captured.err
+            assert err.startswith("cmhash search: error: ") and err.count("\n") == 1 and "Traceback" not in err, (damage, err)
+            assert "dcmht-32" in err and "dvc repro" in err, (damage, err)
+        if path.is_dir() and not path.is_symlink():
+            path.rmdir()
+        elif path.exists() or path.is_symlink():
+            path.unlink()
+        path.write_bytes(original)
+
+
+@pytest.mark.parametrize("ids, problem", [
+    (np.array([-1, 2, 3]), "not 500 distinct item ids from 0 to 599"),
+    (np.arange(500).reshape(250, 2), "not 500 distinct item ids"),
+    (np.arange(500) + 10_000, "not 500 distinct item ids"),
+    (np.zeros(500, dtype=np.int64), "not 500 distinct item ids"),
+    (np.arange(500).astype(np.float64), "not 500 distinct item ids"),
+    (np.array([{"x": 1}] * 500, dtype=object), "not an array of item ids"),
+])
+def test_crafted_ids_are_refused_even_with_a_matching_checksum(workspace, capsys, ids, problem):
+    from cmhash.checksums import file_md5
+
+    params, layout = workspace
+    folder = layout.index_dir("dcmht", 32)
+    np.save(folder / "ids.npy", ids, allow_pickle=True)
+    info = json.loads((folder / "index.json").read_text())
+    info["files"]["ids.npy"] = file_md5(folder / "ids.npy")  # as a careful attacker would
+    (folder / "index.json").write_text(json.dumps(info))
+    assert _search(layout, "--method", "dcmht", "--bits", "32", "--text", "a blue star") == 1
+    err = capsys.readouterr().err
+    assert f"ids.npy: {problem}" in err and err.count("\n") == 1, err
+
+
+def test_the_server_answers_damage_and_missing_files_as_json(workspace):
+    from fastapi.testclient import TestClient
+
+    from cmhash.search.server import create_app
+    from cmhash.search.service import SearchService
+
+    params, layout = workspace
+    (layout.index_dir("dcmht", 32) / "images.hidx").write_bytes(b"damaged")
+    (layout.index_dir("lsh", 32) / "index.json").write_text("")
+    (layout.items_dir() / "images" / "5.jpg").unlink()
+    (layout.items_dir() / "images" / "6.jpg").unlink()
+    (layout.items_dir() / "images" / "6.jpg").symlink_to("/etc/passwd")
+    client = TestClient(create_app(SearchService(layout.root, params)), raise_server_exceptions=False)
+    models = client.get("/api/models")
+    assert models.status_code == 200
+    assert [entry.get("error", "") for entry in models.json()][2].startswith(f"{layout.index_dir('lsh', 32) / 'index.json'} is missing or damaged")
+    for url, status, message in [
+        ("/api/search?method=dcmht&bits=32&text=x", 503, "images.hidx: "),
+        ("/api/search?method=lsh&bits=32&text=x", 503, "index.json: not readable JSON"),
+        ("/api/search?method=nope&bits=32&text=x", 404, "indexes here: clipmh 32, dcmht 32, lsh 32"),
+        ("/api/items/5/image", 404, "item 5 has no thumbnail"),
+        ("/api/items/6/image", 404, "item 6 has no thumbnail"),
+        ("/no/such/route", 404, "no such route"),
+    ]:
+        response = client.get(url)
+        assert response.status_code == status and response.headers["content-type"] == "application/json", (url, response.text)
+        assert message in response.json()["error"], (url, response.text)
+    assert client.get("/api/items/7/image").status_code == 200
+
+
+def test_batched_answers_equal_one_at_a_time_answers(workspace):
+    from cmhash.search.query import SearchError
+    from cmhash.search.service import Request, SearchService
+
+    params, layout = workspace
+    service = SearchService(layout.root, params)
+    image = (layout.items_dir() / "images" / "9.jpg").read_bytes()
+    requests = [Request("dcmht", 32, k, text=f"a photo of a {shape}") for k, shape in enumerate(
+                    ["red square", "blue star", "green circle", "dog", "x" * 500, "sunset on a beach"] * 3, start=1)]
+    requests += [Request("lsh", 32, 7, text="a red square"), Request("dcmht", 32, 4, image=image),
+                 Request("clipmh", 32, 5, text="a star", image=image), Request("nope", 32, 3, text="x"),
+                 Request("dcmht", 32, 0, text="x"), Request("dcmht", 32, 3, image=b"not an image")]
+    batched = service.search_many(requests)
+    for request, answer in zip(requests, batched):
+        try:
+            alone = service.search(request.method, request.bits, request.k, text=request.text, image=request.image)
+        except SearchError as err:
+            assert isinstance(answer, SearchError) and str(answer) == str(err) and answer.status == err.status
+            continue
+        assert not isinstance(answer, Exception)
+        assert answer["results"] == alone["results"] and answer["notes"] == alone["notes"], request
+    assert sum(isinstance(answer, SearchError) for answer in batched) == 3

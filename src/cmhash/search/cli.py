@@ -4,20 +4,38 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import stat
 from typing import Any
 
 from cmhash.errors import for_terminal
 from cmhash.search.query import SearchError
-from cmhash.search.service import SearchService
+from cmhash.search.service import MAX_UPLOAD_BYTES, SearchService
+
+
+def read_image_file(path) -> bytes:
+    """The bytes of the image file at ``path``: a regular file (not a device such as /dev/zero, a
+    pipe or a folder) of at most MAX_UPLOAD_BYTES, checked before anything is read."""
+    try:
+        status = os.stat(path)
+    except OSError as err:
+        raise SearchError(f"{path}: cannot read the image ({err.strerror}).") from None
+    if not stat.S_ISREG(status.st_mode):
+        raise SearchError(f"{path}: not a regular file; --image takes an image file.")
+    if status.st_size > MAX_UPLOAD_BYTES:
+        raise SearchError(f"{path} is {status.st_size:,} bytes; images up to {MAX_UPLOAD_BYTES:,} bytes are accepted.", 413)
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read(MAX_UPLOAD_BYTES + 1)  # the file may have grown since
+    except OSError as err:
+        raise SearchError(f"{path}: cannot read the image ({err.strerror}).") from None
+    if len(data) > MAX_UPLOAD_BYTES:
+        raise SearchError(f"{path} is larger than {MAX_UPLOAD_BYTES:,} bytes, the limit for images.", 413)
+    return data
 
 
 def run_search(args: argparse.Namespace, params: dict[str, Any]) -> int:
-    image = None
-    if args.image is not None:
-        try:
-            image = args.image.read_bytes()
-        except OSError as err:
-            raise SearchError(f"{args.image}: cannot read the image ({err.strerror}).") from None
+    image = read_image_file(args.image) if args.image is not None else None
     answer = SearchService(args.root, params).search(args.method, args.bits, args.k, text=args.text, image=image,
                                                      image_name=str(args.image))
     if args.json:

@@ -125,25 +125,31 @@ class HammingIndex:
         path = Path(path)
         try:
             with open(path, "rb") as handle:
-                magic, header = handle.readline(), handle.readline()
+                magic, header = handle.readline(len(_MAGIC)), handle.readline(4096)
                 offset = handle.tell()
             meta = json.loads(header) if magic == _MAGIC else None
         except FileNotFoundError:
             raise CmhashError(f"{path}: no such index file.") from None
+        except IsADirectoryError:
+            raise CmhashError(f"{path}: a folder, not an index file.") from None
         except (json.JSONDecodeError, UnicodeDecodeError):
             meta = None
-        if meta is None:
-            raise CmhashError(f"{path}: not a cmhash Hamming index (written by HammingIndex.save).")
-        n_words = -(-int(meta["bits"]) // 64)
-        expected = offset + int(meta["items"]) * n_words * 8
+        bits, items = (meta.get("bits"), meta.get("items")) if isinstance(meta, dict) else (None, None)
+        if not all(isinstance(value, int) and not isinstance(value, bool) for value in (bits, items)) \
+                or not 1 <= bits <= MAX_BITS or items < 0:
+            raise CmhashError(f"{path}: not a cmhash Hamming index (written by HammingIndex.save), or its header is damaged.")
+        n_words = -(-bits // 64)
+        expected = offset + items * n_words * 8
         if path.stat().st_size != expected:
             raise CmhashError(f"{path}: truncated or damaged ({path.stat().st_size} bytes, expected {expected}); "
                               "build it again (dvc repro).")
-        index = cls(bits=int(meta["bits"]))
+        index = cls(bits=bits)
+        if items == 0:
+            return index
         if mmap:
-            index._words = np.memmap(path, np.uint64, "r", offset=offset, shape=(int(meta["items"]), n_words))
+            index._words = np.memmap(path, np.uint64, "r", offset=offset, shape=(items, n_words))
         else:
-            index._words = np.fromfile(path, np.uint64, offset=offset).reshape(int(meta["items"]), n_words)
+            index._words = np.fromfile(path, np.uint64, offset=offset).reshape(items, n_words)
         return index
 
 

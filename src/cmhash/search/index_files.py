@@ -10,8 +10,9 @@
 ``data/index/<method>-<bits>/`` (stage ``index``, one per method and length) finds them:
 
 - ``index.json``: the method, the length, whether codes are per modality or per image-text pair,
-  the item count, and the query recipe: the encoder (backend, name, settings, text source) and the
-  features' fingerprint;
+  the item count, the query recipe (the encoder: backend, name, settings, text source; and the
+  features' fingerprint), and the md5 of each of the other files, so that a file swapped with
+  another index's, truncated or edited is found before it is trusted;
 - ``model.pt``: the fitted method (a copy of the train stage's), which turns a query's features into
   a code;
 - ``images.hidx`` and ``texts.hidx`` (``pairs.hidx`` for fused codes): the retrieval items' codes,
@@ -31,9 +32,11 @@ import h5py
 import numpy as np
 
 from cmhash import __version__
-from cmhash.errors import CmhashError
+from cmhash.checksums import file_md5
+from cmhash.errors import CmhashError, quote
 
 THUMBNAIL_SIDE = 256
+FORMAT_VERSION = 2  # 2: index.json records the md5 of every file
 _STR = h5py.string_dtype(encoding="utf-8")
 
 
@@ -75,19 +78,29 @@ def build_index(codes_path: Path, model_path: Path, features_path: Path, out_dir
         method, bits = str(f.attrs["method"]), int(f.attrs["bits"])
     fused = retrieval.pairs is not None
     with atomic_directory(out_dir) as tmp:
-        for kind in ("pairs",) if fused else ("images", "texts"):
+        for kind in kinds_of(fused):
             HammingIndex(getattr(retrieval, kind)).save(tmp / f"{kind}.hidx")
         np.save(tmp / "ids.npy", retrieval.index.astype(np.int64))
         shutil.copyfile(model_path, tmp / "model.pt")
+        files = {name: file_md5(tmp / name) for name in [*(f"{kind}.hidx" for kind in kinds_of(fused)), "ids.npy", "model.pt"]}
         (tmp / "index.json").write_text(json.dumps({
-            "format_version": 1, "method": method, "bits": bits, "fused": fused, "items": int(len(retrieval.index)),
-            "encoder": read_recipe(features_path), "cmhash_version": __version__}, indent=2) + "\n")
+            "format_version": FORMAT_VERSION, "method": method, "bits": bits, "fused": fused, "items": int(len(retrieval.index)),
+            "files": files, "encoder": read_recipe(features_path), "cmhash_version": __version__}, indent=2) + "\n")
     return out_dir
+
+
+def kinds_of(fused: bool) -> tuple[str, ...]:
+    """The code files of an index: one per modality, or one of image-text pairs (fused methods)."""
+    return ("pairs",) if fused else ("images", "texts")
+
+
+def _damaged(path: Path, problem: str, stage: str) -> CmhashError:
+    return CmhashError(f"{path}: {problem}; rebuild it with `dvc repro {stage}` (or delete the folder, then dvc repro).")
 
 
 @dataclass
 class Items:
-    """The items catalog, read once per process."""
+    """The items catalog, read once per process and checked as it is read."""
 
     folder: Path
     texts: list[list[str]]
@@ -98,14 +111,23 @@ class Items:
     @classmethod
     def read(cls, folder: Path) -> "Items":
         path = folder / "items.h5"
-        if not path.is_file():
+        if not path.is_file() or path.is_symlink():
             raise CmhashError(f"{path} is missing: build the search index with `dvc repro` (stage items).")
-        with h5py.File(path, "r") as f:
-            texts: list[list[str]] = [[] for _ in range(len(f["labels"]))]
-            for text, item in zip(f["texts"].asstr()[()], f["text_item"][()]):
-                texts[item].append(text)
-            names = [n.decode() if isinstance(n, bytes) else str(n) for n in f.attrs["label_names"]]
-            return cls(folder, texts, f["labels"][()], names, list(f["image_paths"].asstr()[()]))
+        try:
+            with h5py.File(path, "r") as f:
+                labels, text_item = f["labels"][()], f["text_item"][()]
+                all_texts, image_paths = f["texts"].asstr()[()], list(f["image_paths"].asstr()[()])
+                names = [n.decode() if isinstance(n, bytes) else str(n) for n in f.attrs["label_names"]]
+        except (OSError, KeyError, ValueError, TypeError) as err:
+            raise _damaged(path, f"not a readable items catalog ({str(err).splitlines()[0][:120]})", "items") from None
+        n = len(labels)
+        if labels.ndim != 2 or labels.shape[1] != len(names) or len(image_paths) != n or text_item.shape != all_texts.shape \
+                or (len(text_item) and (text_item.min() < 0 or text_item.max() >= n)):
+            raise _damaged(path, "its labels, texts and images do not match each other", "items")
+        texts: list[list[str]] = [[] for _ in range(n)]
+        for text, item in zip(all_texts, text_item):
+            texts[item].append(text)
+        return cls(folder, texts, labels, names, image_paths)
 
     def __len__(self) -> int:
         return len(self.texts)
@@ -117,26 +139,85 @@ class Items:
                 "labels": [self.label_names[c] for c in np.flatnonzero(self.labels[item])],
                 "image_path": path if Path(path).is_absolute() else str(self.folder / path)}
 
-    def thumbnail(self, item: int) -> Path:
-        return self.folder / "images" / f"{int(item)}.jpg"
+    def thumbnail(self, item: int) -> Path | None:
+        """The item's thumbnail: a regular file inside the catalog's ``images/`` folder (a symbolic
+        link, or anything that leads elsewhere, is not served); ``None`` when there is none."""
+        images = (self.folder / "images").resolve()
+        path = self.folder / "images" / f"{int(item)}.jpg"
+        if path.is_symlink() or not path.is_file() or path.resolve().parent != images:
+            return None
+        return path
 
 
 @dataclass
 class IndexFiles:
-    """One ``data/index/<method>-<bits>/`` folder."""
+    """One ``data/index/<method>-<bits>/`` folder, checked before it is trusted: ``index.json`` is
+    what it should be for that folder, every file is a regular file with the md5 it records, and the
+    ids are item ids."""
 
     folder: Path
     info: dict[str, Any]
     ids: np.ndarray
 
     @classmethod
-    def read(cls, folder: Path) -> "IndexFiles":
-        if not (folder / "index.json").is_file():
-            raise CmhashError(f"{folder}: no index there; build it with `dvc repro` (stage index).")
-        return cls(folder, json.loads((folder / "index.json").read_text()), np.load(folder / "ids.npy"))
+    def read(cls, folder: Path, method: str, bits: int, n_items: int) -> "IndexFiles":
+        stage = f"index@{method}-{bits}"
+        info_path = folder / "index.json"
+        if info_path.is_symlink() or not info_path.is_file():
+            raise _damaged(info_path, "missing, or not a regular file", stage)
+        try:
+            info = json.loads(info_path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as err:
+            raise _damaged(info_path, f"not readable JSON ({str(err)[:80]})", stage) from None
+        expected = {"format_version": int, "method": str, "bits": int, "fused": bool, "items": int, "files": dict,
+                    "encoder": dict}
+        if isinstance(info, dict) and info.get("format_version") != FORMAT_VERSION:
+            raise _damaged(info_path, f"written by another version of cmhash (format {quote(info.get('format_version'))}, "
+                                      f"this one reads {FORMAT_VERSION})", stage)
+        recipe = info.get("encoder") if isinstance(info, dict) else None
+        if not isinstance(info, dict) or any(not isinstance(info.get(key), kind) for key, kind in expected.items()) \
+                or not (isinstance(recipe.get("name"), str) and isinstance(recipe.get("settings"), dict)
+                        and isinstance(recipe.get("text"), str)):
+            raise _damaged(info_path, "not the description of an index (a field is missing or of the wrong type)", stage)
+        if (info["method"], info["bits"]) != (method, bits):
+            raise _damaged(info_path, f"describes the index of {info['method']} at {info['bits']} bits, not of this "
+                                      f"folder's {method} at {bits} bits", stage)
+        names = [*(f"{kind}.hidx" for kind in kinds_of(info["fused"])), "ids.npy", "model.pt"]
+        if sorted(info["files"]) != sorted(names):
+            raise _damaged(info_path, f"lists the files {sorted(info['files'])}, expected {sorted(names)}", stage)
+        for name in names:
+            path = folder / name
+            if path.is_symlink() or not path.is_file():
+                raise _damaged(path, "missing, or not a regular file", stage)
+            if file_md5(path) != info["files"][name]:
+                raise _damaged(path, "not the file this index was built with (its md5 differs from index.json's)", stage)
+        try:
+            ids = np.load(folder / "ids.npy", allow_pickle=False)
+        except ValueError as err:
+            raise _damaged(folder / "ids.npy", f"not an array of item ids ({str(err)[:80]})", stage) from None
+        if ids.dtype != np.int64 or ids.ndim != 1 or len(ids) != info["items"] or \
+                (len(ids) and (ids.min() < 0 or ids.max() >= n_items)) or len(np.unique(ids)) != len(ids):
+            raise _damaged(folder / "ids.npy", f"not {info['items']} distinct item ids from 0 to {n_items - 1}", stage)
+        return cls(folder, info, ids)
 
     def codes(self, kind: str):
         """The :class:`HammingIndex` of the retrieval items' ``images``, ``texts`` or ``pairs`` codes."""
         from cmhash.search.engine import HammingIndex
 
-        return HammingIndex.load(self.folder / f"{kind}.hidx")
+        index = HammingIndex.load(self.folder / f"{kind}.hidx")
+        if index.bits != self.info["bits"] or len(index) != self.info["items"]:
+            raise _damaged(self.folder / f"{kind}.hidx", f"holds {len(index)} codes of {index.bits} bits, not "
+                                                        f"{self.info['items']} of {self.info['bits']}",
+                           f"index@{self.info['method']}-{self.info['bits']}")
+        return index
+
+    def model(self, device: str):
+        """The fitted method that encodes queries, checked to be this index's method and length."""
+        from cmhash.methods import load_model, method_class
+
+        model = load_model(self.folder / "model.pt", device)
+        if type(model) is not method_class(self.info["method"]) or model.bits != self.info["bits"]:
+            raise _damaged(self.folder / "model.pt", f"a {type(model).__name__} model of {model.bits} bits, not the "
+                                                     f"{self.info['method']} model of {self.info['bits']} bits",
+                           f"index@{self.info['method']}-{self.info['bits']}")
+        return model

@@ -1,11 +1,10 @@
 """A new text or image becomes a code the way the indexed items did: the same encoder (checked
 against the index's recipe), the same row normalisation as the features file, then the index's
-model.
+model; and the error a search request that cannot be served raises.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -19,12 +18,6 @@ class SearchError(CmhashError):
     def __init__(self, message: str, status: int = 400):
         super().__init__(message)
         self.status = status
-
-
-@dataclass
-class EncodedQuery:
-    code: np.ndarray           # (1, bits) int8 in {-1, +1}
-    notes: list[str]           # what the user should know (a truncated text)
 
 
 def check_recipe(index_name: str, recipe: dict[str, Any], encoder) -> None:
@@ -43,7 +36,7 @@ def _jsonable(settings: dict[str, Any]) -> dict[str, Any]:
     return json.loads(json.dumps(settings, sort_keys=True))
 
 
-def _text_notes(encoder, recipe: dict[str, Any], text: str) -> list[str]:
+def text_notes(encoder, recipe: dict[str, Any], text: str) -> list[str]:
     """Refuse a text when the index's texts are not captions; say when the encoder truncates it."""
     if recipe["text"] != "captions":
         raise SearchError("this index's texts are bags of words (the features were not made from captions), so a "
@@ -54,24 +47,10 @@ def _text_notes(encoder, recipe: dict[str, Any], text: str) -> list[str]:
     return []
 
 
-def encode_text(encoder, model, recipe: dict[str, Any], text: str) -> EncodedQuery:
+def query_features(model, images: np.ndarray | None, texts: np.ndarray | None) -> np.ndarray:
+    """The codes of queries' encoder features (one row each; fused methods take both), their rows
+    normalised as the features file's are."""
     from cmhash.features import normalise_rows
 
-    notes = _text_notes(encoder, recipe, text)
-    return EncodedQuery(model.encode(texts=normalise_rows(encoder.encode_texts([text]))), notes)
-
-
-def encode_image(encoder, model, image) -> EncodedQuery:
-    from cmhash.features import normalise_rows
-
-    return EncodedQuery(model.encode(images=normalise_rows(encoder.encode_images([image]))), [])
-
-
-def encode_pair(encoder, model, recipe: dict[str, Any], image, text: str) -> EncodedQuery:
-    """Fused methods (one code per image-text pair) take both."""
-    from cmhash.features import normalise_rows
-
-    notes = _text_notes(encoder, recipe, text)
-    image_features = normalise_rows(encoder.encode_images([image]))
-    text_features = normalise_rows(encoder.encode_texts([text]))
-    return EncodedQuery(model.encode(images=image_features, texts=text_features), notes)
+    return model.encode(images=normalise_rows(images) if images is not None else None,
+                        texts=normalise_rows(texts) if texts is not None else None)

@@ -2,55 +2,150 @@
 
     GET  /                          the page (one file, no CDN: works offline)
     GET  /api/models                the indexes, with their mAP@all and mAP@50
-    GET  /api/search?text=&method=&bits=&k=
+    GET  /api/search?method=&bits=&k=&text=
     POST /api/search?method=&bits=&k=[&text=]   the body is the image file (fused methods: text too)
     GET  /api/items/{id}            an item's captions, labels and image path
     GET  /api/items/{id}/image      its thumbnail (JPEG)
+    GET  /api/openapi.json          the OpenAPI document: every status and media type these answer
 
-Errors are JSON ``{"error": message}`` with a 4xx status. The models load once per process. (FastAPI
-resolves the handlers' annotations at import, hence no ``from __future__ import annotations`` here.)
+Every error, from any route (an unknown one too), is JSON ``{"error": message}`` with a 4xx or 5xx
+status; none is a traceback or plain text. Concurrent searches are answered in batches
+(:mod:`cmhash.search.batching`). The interactive API pages (Swagger UI) are not served: they load
+their scripts from a CDN, so they would be blank offline; the OpenAPI document is served instead.
+(FastAPI resolves the handlers' annotations at import, hence no ``from __future__ import
+annotations`` here.)
 """
 
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from fastapi import FastAPI, Request
-from fastapi.concurrency import run_in_threadpool
+from fastapi import FastAPI, Query, Request
+from fastapi import Path as PathParameter
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
+from pydantic import BaseModel
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
+from cmhash.codes import MAX_BITS
+from cmhash.search.batching import Batcher
 from cmhash.search.query import SearchError
-from cmhash.search.service import MAX_UPLOAD_BYTES, SearchService
+from cmhash.search.service import MAX_K, MAX_TEXT_CHARS, MAX_UPLOAD_BYTES, SearchService
+from cmhash.search.service import Request as SearchRequest
 
 # The page loads nothing from elsewhere; the browser is told so, too.
 CONTENT_SECURITY_POLICY = ("default-src 'self'; img-src 'self' blob:; style-src 'self' 'unsafe-inline'; "
                            "script-src 'self' 'unsafe-inline'; connect-src 'self'")
 
 
+class ErrorBody(BaseModel):
+    error: str
+
+
+class Result(BaseModel):
+    rank: int
+    distance: int
+    id: int
+    captions: list[str]
+    labels: list[str]
+    image_path: str
+
+
+class Answer(BaseModel):
+    method: str
+    bits: int
+    direction: str
+    text: str | None
+    k: int
+    results: list[Result]
+    notes: list[str]
+    batch: int
+    milliseconds: dict[str, float]
+
+
+class IndexEntry(BaseModel):
+    method: str
+    bits: int
+    fused: bool | None = None
+    items: int | None = None
+    error: str | None = None
+    map: dict[str, dict[str, float | None]]
+
+
+class Item(BaseModel):
+    id: int
+    captions: list[str]
+    labels: list[str]
+    image_path: str
+
+
+def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    meaning = {400: "The request cannot be served as it is (the message says why)", 404: "No such index, item or route",
+               405: "Method not allowed on this route", 409: "The index was built with another encoder",
+               413: "The image or the text is too large", 415: "The body is not an image",
+               422: "A parameter is missing or invalid", 500: "An internal error", 503: "The index is damaged; rebuild it"}
+    return {status: {"model": ErrorBody, "description": meaning[status]} for status in statuses}
+
+
+_COMMON = (404, 405, 422, 500)
+_SEARCH = (400, 404, 405, 409, 413, 415, 422, 500, 503)
+_IMAGE_BODY = {"requestBody": {"required": True, "description": f"the image file, at most {MAX_UPLOAD_BYTES:,} bytes",
+                               "content": {media: {"schema": {"type": "string", "format": "binary"}}
+                                           for media in ("application/octet-stream", "image/jpeg", "image/png", "image/webp")}}}
+
+
+def _error(message: str, status: int, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status, headers=headers)
+
+
 def create_app(service: SearchService) -> FastAPI:
-    app = FastAPI(title="cmhash search", docs_url="/api/docs", openapi_url="/api/openapi.json", redoc_url=None)
+    app = FastAPI(title="cmhash search", docs_url=None, redoc_url=None, openapi_url="/api/openapi.json")
     page = resources.files("cmhash.search").joinpath("page.html").read_text(encoding="utf-8")
+    batcher = Batcher(service)
 
     @app.exception_handler(SearchError)
     async def search_error(request: Request, error: SearchError):
-        return JSONResponse({"error": str(error)}, status_code=error.status)
+        return _error(str(error), error.status)
 
-    @app.get("/", response_class=HTMLResponse)
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, error: RequestValidationError):
+        problems = ["{}: {}".format(".".join(str(part) for part in problem["loc"][1:]) or "request", problem["msg"])
+                    for problem in error.errors()[:5]]
+        return _error("; ".join(problems), 422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, error: StarletteHTTPException):
+        message = {404: f"no such route: {request.url.path[:100]}; the API is under /api/ (see /api/openapi.json)",
+                   405: f"{request.method} is not allowed on {request.url.path[:100]}"}.get(error.status_code, str(error.detail))
+        headers = getattr(error, "headers", None)
+        if error.status_code == 405:  # every method of the path (GET and POST for /api/search), not one route's
+            allowed = {method for route in app.router.routes if route.matches(request.scope)[0] != Match.NONE
+                       for method in getattr(route, "methods", None) or ()}
+            headers = {"Allow": ", ".join(sorted(allowed))}
+        return _error(message, error.status_code, headers)
+
+    @app.exception_handler(Exception)
+    async def internal_error(request: Request, error: Exception):
+        return _error(f"internal error ({type(error).__name__}); the server's log has the details", 500)
+
+    @app.get("/", response_class=HTMLResponse, responses=_errors(405, 500))
     async def index_page():
         return HTMLResponse(page, headers={"Content-Security-Policy": CONTENT_SECURITY_POLICY})
 
-    @app.get("/api/models")
-    async def models() -> list[dict[str, Any]]:
+    @app.get("/api/models", response_model=list[IndexEntry], responses=_errors(405, 500))
+    async def models():
         return service.available()
 
-    @app.get("/api/search")
-    async def search_text(method: str = "", bits: str = "", k: str = "10", text: str | None = None):
-        if text is None:
-            raise SearchError("give the query as ?text=... (or POST an image to /api/search).")
-        return await run_in_threadpool(service.search, method, bits, k, text=text)
+    @app.get("/api/search", response_model=Answer, responses=_errors(*_SEARCH))
+    async def search_text(method: str = Query(..., max_length=100), bits: int = Query(..., ge=1, le=MAX_BITS),
+                          k: int = Query(10, ge=1, le=MAX_K), text: str = Query(..., max_length=MAX_TEXT_CHARS, pattern=r"\S")):
+        return await batcher.search(SearchRequest(method, bits, k, text=text))
 
-    @app.post("/api/search")
-    async def search_image(request: Request, method: str = "", bits: str = "", k: str = "10", text: str | None = None):
+    @app.post("/api/search", response_model=Answer, responses=_errors(*_SEARCH), openapi_extra=_IMAGE_BODY)
+    async def search_image(request: Request, method: str = Query(..., max_length=100), bits: int = Query(..., ge=1, le=MAX_BITS),
+                           k: int = Query(10, ge=1, le=MAX_K),
+                           text: str | None = Query(None, max_length=MAX_TEXT_CHARS, pattern=r"\S")):
         declared = request.headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > MAX_UPLOAD_BYTES:
             raise SearchError(f"the upload is {int(declared):,} bytes; images up to {MAX_UPLOAD_BYTES:,} bytes are accepted.", 413)
@@ -61,14 +156,16 @@ def create_app(service: SearchService) -> FastAPI:
                 raise SearchError(f"the upload is larger than {MAX_UPLOAD_BYTES:,} bytes, the limit for images.", 413)
         if not body:
             raise SearchError("the request has no image: send the image file as the body of the POST.")
-        return await run_in_threadpool(service.search, method, bits, k, text=text, image=bytes(body))
+        return await batcher.search(SearchRequest(method, bits, k, text=text, image=bytes(body)))
 
-    @app.get("/api/items/{item}")
-    async def item(item: str):
+    @app.get("/api/items/{item}", response_model=Item, responses=_errors(*_COMMON))
+    async def item(item: int = PathParameter(..., ge=0)):
         return service.item(item)
 
-    @app.get("/api/items/{item}/image")
-    async def item_image(item: str):
+    @app.get("/api/items/{item}/image", response_class=FileResponse, responses={
+        200: {"content": {"image/jpeg": {"schema": {"type": "string", "format": "binary"}}}, "description": "The thumbnail"},
+        **_errors(*_COMMON)})
+    async def item_image(item: int = PathParameter(..., ge=0)):
         return FileResponse(service.thumbnail(item), media_type="image/jpeg")
 
     return app
