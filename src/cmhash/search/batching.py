@@ -6,12 +6,15 @@ queue; one batch at a time is taken from it (whatever is there, and what arrives
 window after the first, up to ``max_batch``) and answered with one call of
 :meth:`~cmhash.search.service.SearchService.search_many` in a worker thread, each request getting
 its own answer or error. While a batch is being answered the next one gathers, so under load the
-batches grow by themselves, and a lone request waits only the window.
+batches grow by themselves, and a lone request waits only the window. Batches are answered in one
+thread of their own: spread over a pool's threads, each with its own malloc arena, the server's
+memory grew from run to run (measured: 1,148 to 1,245 MB between two identical runs).
 """
 
 from __future__ import annotations
 
 import asyncio
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from cmhash.search.service import Request, SearchService
@@ -31,6 +34,7 @@ class Batcher:
         self.service, self.window, self.max_batch = service, window, max_batch
         self._queue: asyncio.Queue[_Waiting] | None = None
         self._worker: asyncio.Task | None = None
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cmhash-search-batch")
 
     async def search(self, request: Request) -> dict:
         """The answer to ``request`` (raises its :class:`SearchError`)."""
@@ -42,8 +46,6 @@ class Batcher:
         return await waiting.answer
 
     async def _answer_batches(self) -> None:
-        from starlette.concurrency import run_in_threadpool
-
         loop = asyncio.get_running_loop()
         while True:
             batch = [await self._queue.get()]
@@ -62,7 +64,8 @@ class Batcher:
                 except asyncio.TimeoutError:
                     break
             try:
-                answers = await run_in_threadpool(self.service.search_many, [waiting.request for waiting in batch])
+                answers = await loop.run_in_executor(self._thread, self.service.search_many,
+                                                     [waiting.request for waiting in batch])
             except Exception as err:  # a fault of the batch (not of one request): every request gets it
                 answers = [err] * len(batch)
             for waiting, answer in zip(batch, answers):

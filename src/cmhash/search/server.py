@@ -91,7 +91,8 @@ def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
 _COMMON = (404, 405, 422, 500)
 _SEARCH = (400, 404, 405, 409, 413, 415, 422, 500, 503)
 _IMAGE_BODY = {"requestBody": {"required": True, "description": f"the image file, at most {MAX_UPLOAD_BYTES:,} bytes",
-                               "content": {media: {"schema": {"type": "string", "format": "binary"}}
+                               "content": {media: {"schema": {"type": "string", "format": "binary", "minLength": 1,
+                                                              "maxLength": MAX_UPLOAD_BYTES}}
                                            for media in ("application/octet-stream", "image/jpeg", "image/png", "image/webp")}}}
 
 
@@ -110,8 +111,13 @@ def create_app(service: SearchService) -> FastAPI:
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, error: RequestValidationError):
-        problems = ["{}: {}".format(".".join(str(part) for part in problem["loc"][1:]) or "request", problem["msg"])
-                    for problem in error.errors()[:5]]
+        def say(problem) -> str:
+            where = ".".join(str(part) for part in problem["loc"][1:]) or "request"
+            if problem["type"] == "string_pattern_mismatch" and where == "text":
+                return "text: the query text is empty or blank; type what to search for"
+            return f"{where}: {problem['msg']}"
+
+        problems = [say(problem) for problem in error.errors()[:5]]
         return _error("; ".join(problems), 422)
 
     @app.exception_handler(StarletteHTTPException)
