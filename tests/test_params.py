@@ -102,3 +102,45 @@ def _present(params: dict, dotted: str) -> bool:
             return False
         node = node[part]
     return True
+
+
+def _bomb(levels: int = 9) -> str:
+    """A few hundred bytes of YAML aliases that expand to 9**levels values."""
+    lines = ["a0: &a0 [x, x, x, x, x, x, x, x, x]"]
+    lines += [f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 9) + "]" for i in range(1, levels)]
+    return "\n".join(lines)
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda text: text.replace("train:\n  seed: 0", "train:\n  seed: {" + _bomb().replace("\n", ", ") + "}"),
+     r"line \d+: YAML anchors and aliases \(&name, \*name\) are not accepted in parameter files; write the value out"),
+    (lambda text: text.replace("train:\n  seed: 0", "train:\n  seed: " + "[" * 20000 + "]" * 20000),
+     r"line \d+: nested more than 32 levels deep"),
+    (lambda text: text.replace("train:\n  seed: 0", "train:\n  seed: 0\n  seed: 1"),
+     r"line (\d+): key 'seed' appears twice in the same mapping \(first on line \d+\); keep one"),
+    (lambda text: text.replace("train:\n  seed: 0", "train:\n  seed: 1e100"), r"train.seed is 1e\+100; expected a whole number"),
+    (lambda text: text.replace("  seed: 0                # drives", "  seed: 18446744073709551616  # drives"),
+     r"dataset.seed is 18446744073709551616; expected at most 4294967295"),
+    (lambda text: text.replace("iterations: 50", "iterations: 1000000000000000000", 1),
+     r"methods.itq.iterations is 1000000000000000000; expected at most 100000"),
+    (lambda text: text.replace("max_image_pixels: 89478485", "max_image_pixels: 1e30"),
+     r"dataset.max_image_pixels is 1e\+30; expected a whole number"),
+])
+def test_params_yaml_that_could_hang_or_mislead_is_one_line_at_once(tmp_path, edit, message):
+    import time
+
+    path = tmp_path / "params.yaml"
+    path.write_text(edit((REPO / "params.yaml").read_text()))
+    started = time.monotonic()
+    with pytest.raises(CmhashError, match=message) as error:
+        load_params(path)
+    assert time.monotonic() - started < 5 and "\n" not in str(error.value) and len(str(error.value)) < 400
+
+
+def test_params_yaml_is_read_as_dvc_reads_it(tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_text((REPO / "params.yaml").read_text().replace("lr_image: 0.001", "lr_image: 1e-3"))
+    assert load_params(path)["methods"]["djsrh"]["lr_image"] == 0.001  # YAML 1.2, as DVC: a number
+    path.write_bytes((REPO / "params.yaml").read_bytes().replace(b"name: builtin ", b"name: b\xe9iltin "))
+    with pytest.raises(CmhashError, match=r"params.yaml line 5: byte 0xe9 is not UTF-8; save the file as UTF-8"):
+        load_params(path)
