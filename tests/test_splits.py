@@ -39,7 +39,7 @@ def test_named_protocols_and_their_sizes():
 @pytest.mark.parametrize("value, message", [
     ("dcmhh", "known protocols: dcmh, dcmht, djsrh, random, ucch"),
     ({"query": 10}, "must give train"),
-    ({"query": 10, "train": 0}, "dataset.split.train must be a whole number from 1 to 10^9"),
+    ({"query": 10, "train": 0}, r"dataset.split.train must be a whole number from 1 to 10\^9"),
     ({"protocol": "djsrh", "query": 10}, "has query, which protocol 'djsrh' does not use; it takes query_per_label, train_per_label"),
     (12, "must be a protocol name"),
 ])
