@@ -49,83 +49,65 @@ def make_sources(folder: Path, n: int, image_size: int) -> dict[str, Path]:
     return {"pixels": folder / "pixels.h5", "jpeg": folder / "jpeg.h5"}
 
 
-def images_per_second(encoder, prepared: Path, batch_size: int, loaders: int, repeats: int) -> float:
-    from cmhash.datasets.prepared import PreparedData
+def items_per_second(batches: list, prepare, embed, items: int, loaders: int, repeats: int) -> float:
+    """The encode stage's loop: ``loaders`` threads run ``prepare`` on the next batches while the
+    model thread runs ``embed`` on this one; items per second, the best of ``repeats`` passes after
+    a warm-up batch."""
     from cmhash.finetune import prefetched
 
+    embed(prepare(batches[0]))  # warm-up
+    best = float("inf")
+    for _ in range(repeats):
+        started = time.perf_counter()
+        for _, prepared in prefetched(batches, prepare, workers=loaders):
+            embed(prepared)
+        best = min(best, time.perf_counter() - started)
+    return items / best
+
+
+def _row_batches(n: int, batch_size: int) -> list[np.ndarray]:
+    return [np.arange(start, min(start + batch_size, n)) for start in range(0, n, batch_size)]
+
+
+def images_per_second(encoder, prepared: Path, batch_size: int, loaders: int, repeats: int) -> float:
+    """Images read, decoded and preprocessed on the CPU (PIL), as the encode stage does without a GPU."""
+    from cmhash.datasets.prepared import PreparedData
+
     with PreparedData(prepared) as data:
-        batches = [np.arange(start, min(start + batch_size, data.n_items)) for start in range(0, data.n_items, batch_size)]
-        encoder.embed_images(encoder.prepare_images(data.load_images(batches[0])))  # warm-up
-        best = float("inf")
-        for _ in range(repeats):
-            started = time.perf_counter()
-            for _, pixels in prefetched(batches, lambda rows: encoder.prepare_images(data.load_images(rows)), workers=loaders):
-                encoder.embed_images(pixels)
-            best = min(best, time.perf_counter() - started)
-        return data.n_items / best
+        return items_per_second(_row_batches(data.n_items, batch_size), lambda rows: encoder.prepare_images(data.load_images(rows)),
+                                encoder.embed_images, data.n_items, loaders, repeats)
 
 
 def jpegs_decoded_on_device_per_second(encoder, prepared: Path, batch_size: int, loaders: int, repeats: int) -> float:
     """JPEG files read by the loader threads and decoded, resized and normalised on the device
     (nvJPEG on CUDA), then embedded: the encoder's ``prepare_jpegs`` / ``embed_jpegs``."""
     from cmhash.datasets.prepared import PreparedData
-    from cmhash.finetune import prefetched
 
     with PreparedData(prepared) as data:
         paths = [data.image_root / path for path in data.image_paths]
     batches = [paths[start:start + batch_size] for start in range(0, len(paths), batch_size)]
-
-    def read(batch):
-        return encoder.prepare_jpegs([path.read_bytes() for path in batch])
-
-    encoder.embed_jpegs(read(batches[0]))  # warm-up
-    best = float("inf")
-    for _ in range(repeats):
-        started = time.perf_counter()
-        for _, encoded in prefetched(batches, read, workers=loaders):
-            encoder.embed_jpegs(encoded)
-        best = min(best, time.perf_counter() - started)
-    return len(paths) / best
+    return items_per_second(batches, lambda batch: encoder.prepare_jpegs([path.read_bytes() for path in batch]),
+                            encoder.embed_jpegs, len(paths), loaders, repeats)
 
 
 def pixels_preprocessed_on_device_per_second(encoder, prepared: Path, batch_size: int, loaders: int, repeats: int) -> float:
     """Stored pixels read by the loader threads as uint8 arrays, resized and normalised on the device,
     then embedded: the encoder's ``prepare_pixels`` / ``embed_pixels``."""
     from cmhash.datasets.prepared import PreparedData
-    from cmhash.finetune import prefetched
 
     with PreparedData(prepared) as data:
         pixels = data.images[()]
-    batches = [np.arange(start, min(start + batch_size, len(pixels))) for start in range(0, len(pixels), batch_size)]
-
-    def read(rows):
-        return encoder.prepare_pixels(pixels[rows[0]:rows[-1] + 1])
-
-    encoder.embed_pixels(read(batches[0]))  # warm-up
-    best = float("inf")
-    for _ in range(repeats):
-        started = time.perf_counter()
-        for _, batch in prefetched(batches, read, workers=loaders):
-            encoder.embed_pixels(batch)
-        best = min(best, time.perf_counter() - started)
-    return len(pixels) / best
+    return items_per_second(_row_batches(len(pixels), batch_size), lambda rows: encoder.prepare_pixels(pixels[rows[0]:rows[-1] + 1]),
+                            encoder.embed_pixels, len(pixels), loaders, repeats)
 
 
 def texts_per_second(encoder, prepared: Path, batch_size: int, loaders: int, repeats: int) -> float:
     from cmhash.datasets.prepared import PreparedData
-    from cmhash.finetune import prefetched
 
     with PreparedData(prepared) as data:
         texts = data.texts
     batches = [texts[start:start + batch_size] for start in range(0, len(texts), batch_size)]
-    encoder.embed_texts(encoder.prepare_texts(batches[0]))
-    best = float("inf")
-    for _ in range(repeats):
-        started = time.perf_counter()
-        for _, tokens in prefetched(batches, encoder.prepare_texts, workers=loaders):
-            encoder.embed_texts(tokens)
-        best = min(best, time.perf_counter() - started)
-    return len(texts) / best
+    return items_per_second(batches, encoder.prepare_texts, encoder.embed_texts, len(texts), loaders, repeats)
 
 
 def scaling(prepared: Path, settings: dict, batch_size: int | None, workers: list[int], folder: Path) -> list[dict]:

@@ -15,22 +15,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import signal
-import socket
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 from machine import write_results
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+from serving import running_server
 
 
 def summarise(values: list[float]) -> dict:
@@ -57,20 +48,7 @@ def main(argv=None) -> int:
              for _ in range(args.queries)]
     images = [items.thumbnail(int(item)).read_bytes() for item in rng.choice(len(items), args.queries, replace=False)]
 
-    port = _free_port()
-    server = subprocess.Popen(["cmhash", "serve", "--port", str(port), "--root", str(args.root)], start_new_session=True,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                httpx.get(f"{base}/api/models", timeout=2).raise_for_status()
-                break
-            except httpx.HTTPError:
-                if server.poll() is not None or time.monotonic() > deadline:
-                    raise SystemExit("cmhash serve did not start")
-                time.sleep(0.5)
+    with running_server(args.root) as (base, _):
         query = {"method": args.method, "bits": args.bits, "k": args.k}
         # one client for every query, as a browser keeps its connection (a new httpx client costs ~30 ms)
         client = httpx.Client(base_url=base)
@@ -89,9 +67,6 @@ def main(argv=None) -> int:
                 for part in ("encode", "search", "total"):
                     measured[kind][part].append(timing[part])
                 measured[kind]["http"].append(elapsed)
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        server.wait(30)
     results = {kind: {part: summarise(values) for part, values in parts.items()} for kind, parts in measured.items()}
     info = json.loads((args.root / "data" / "index" / f"{args.method}-{args.bits}" / "index.json").read_text())
     write_results(args.out, index={"method": args.method, "bits": args.bits, "items": info["items"],

@@ -19,23 +19,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import random
-import signal
-import socket
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 from machine import write_results
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+from serving import running_server
 
 
 async def _client(base: str, make_request, until: float, results: list) -> None:
@@ -97,24 +88,10 @@ def main(argv=None) -> int:
         return "POST", "/api/search", {"params": query, "content": rng.choice(thumbnails),
                                        "headers": {"Content-Type": "image/jpeg"}}
 
-    port = _free_port()
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-    server = subprocess.Popen(["cmhash", "serve", "--port", str(port)], cwd=args.root, env=env,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 180
-        while True:
-            try:
-                httpx.get(f"{base}/api/models", timeout=2).raise_for_status()
-                break
-            except httpx.HTTPError:
-                if server.poll() is not None or time.monotonic() > deadline:
-                    sys.exit("cmhash serve did not start")
-                time.sleep(0.5)
+    with running_server(args.root) as (base, pid):
         method, url, kwargs = make_request()
         httpx.request(method, base + url, timeout=120, **kwargs).raise_for_status()  # load the index and the encoder
-        process = psutil.Process(server.pid)
+        process = psutil.Process(pid)
         runs = []
         for round_ in range(args.rounds):
             for clients in args.clients:
@@ -124,9 +101,6 @@ def main(argv=None) -> int:
                 print(f"round {round_ + 1}, {clients:3} clients: {run['requests_per_second']:7.1f} requests/s, p50 "
                       f"{run['p50_ms']:.1f} ms, p99 {run['p99_ms']:.1f} ms, errors {run['errors']}, server "
                       f"{run['server_rss_mb']:.0f} MB", flush=True)
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        server.wait(30)
     write_results(args.out, index=f"{args.method}-{args.bits}", kind=args.kind, k=args.k, runs=runs)
     return 0
 
