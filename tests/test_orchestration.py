@@ -116,16 +116,23 @@ class Deployment:
         return {row["stage"]: row["outcome"] for row in _latest_artifact(self.env, "stage-outcomes")}
 
 
+def _worker_clone(origin: Path, workspace: Path, prefect_env: dict, pool: str) -> dict:
+    """A worker's full clone of ``origin`` with a git identity, and a `process` work pool; returns
+    the environment a worker for that clone runs in."""
+    run_command(["git", "clone", "-q", str(origin), str(workspace)], workspace.parent)
+    run_command(["git", "config", "user.email", "worker@example.com"], workspace)
+    run_command(["git", "config", "user.name", "worker"], workspace)
+    env = {**prefect_env, "CMHASH_WORKSPACE": str(workspace)}
+    run_command(["prefect", "work-pool", "create", pool, "--type", "process"], workspace, env)
+    return env
+
+
 @pytest.fixture(scope="module")
 def deployment(prefect_server, tmp_path_factory):
     base = tmp_path_factory.mktemp("deployment")
     origin = scratch_project(base / "origin", yaml.safe_load((REPO / "params.yaml").read_text()))
     workspace = base / "workspace"
-    run_command(["git", "clone", "-q", str(origin), str(workspace)], base)
-    run_command(["git", "config", "user.email", "worker@example.com"], workspace)
-    run_command(["git", "config", "user.name", "worker"], workspace)
-    env = {**prefect_server, "CMHASH_WORKSPACE": str(workspace)}
-    run_command(["prefect", "work-pool", "create", "gpu", "--type", "process"], workspace, env)
+    env = _worker_clone(origin, workspace, prefect_server, "gpu")
     run_command(["prefect", "--no-prompt", "deploy", "--all"], workspace, env)
     return Deployment(workspace, env, base)
 
@@ -479,11 +486,7 @@ def test_a_cancelled_run_stops_its_stages(prefect_server, tmp_path):
         dvc_yaml.write(SLOW_STAGE)
     run_command(["git", "commit", "-qam", "a slow stage"], origin)
     workspace = base / "workspace"
-    run_command(["git", "clone", "-q", str(origin), str(workspace)], base)
-    run_command(["git", "config", "user.email", "worker@example.com"], workspace)
-    run_command(["git", "config", "user.name", "worker"], workspace)
-    env = {**prefect_server, "CMHASH_WORKSPACE": str(workspace)}
-    run_command(["prefect", "work-pool", "create", "cancel-pool", "--type", "process"], workspace, env)
+    env = _worker_clone(origin, workspace, prefect_server, "cancel-pool")
     deployed = yaml.safe_load((workspace / "prefect.yaml").read_text())
     deployed["deployments"][0].update({"name": "cancel-me", "schedules": [], "work_pool": {"name": "cancel-pool"}})
     (base / "prefect-cancel.yaml").write_text(yaml.safe_dump(deployed))
