@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from cmhash.datasets.source import SourceData, check_pixels, multi_hot, source_root, too_many_pixels
+from cmhash.datasets.source import SourceData, check_pixels, multi_hot, quiet_about_bombs, source_root, too_many_pixels
 from cmhash.errors import CmhashError
 from cmhash.params import Section
 
@@ -125,7 +125,7 @@ def check_images_decode(root: Path, pairs: list[Pair], progress: bool, max_pixel
     from tqdm import tqdm
 
     Image.MAX_IMAGE_PIXELS = max_pixels
-
+    quiet_about_bombs()
     for pair in tqdm(pairs, desc="checking images", unit="image", disable=not progress):
         try:
             with Image.open(root / pair.image) as img:

@@ -260,9 +260,10 @@ def _open_image(path: Path, prepared: Path, item: int, max_pixels: int, decode: 
     """The image at ``path`` as RGB (``decode``), or only checked from its header."""
     from PIL import Image, UnidentifiedImageError
 
-    from cmhash.datasets.source import check_pixels, too_many_pixels
+    from cmhash.datasets.source import check_pixels, quiet_about_bombs, too_many_pixels
 
     Image.MAX_IMAGE_PIXELS = max_pixels
+    quiet_about_bombs()
     try:
         with Image.open(path) as img:
             check_pixels(img, max_pixels, path, f"{prepared}: item {item}")  # before decoding anything

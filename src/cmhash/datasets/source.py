@@ -79,6 +79,16 @@ def too_many_pixels(path: Path | str, where: str, pixels: int | BaseException | 
             "kept against decompression bombs; if the image is genuine, raise dataset.max_image_pixels in params.yaml.")
 
 
+def quiet_about_bombs() -> None:
+    """PIL warns about images between once and twice its limit; cmhash refuses them instead
+    (:func:`check_pixels`), so the warning would only repeat it."""
+    import warnings
+
+    from PIL import Image
+
+    warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
+
+
 def check_pixels(image, max_pixels: int, path: Path | str, where: str) -> None:
     """Refuse an opened (not yet decoded) PIL image with more than ``max_pixels`` pixels. PIL itself
     refuses only above twice its limit (it merely warns between 1x and 2x), so the limit is checked

@@ -87,9 +87,10 @@ def read_image(data: bytes, name: str, max_pixels: int):
     """An RGB PIL image from file bytes, or a clear error: too large a file, more than ``max_pixels``
     pixels (checked from the header, before any pixel is decoded), not an image."""
     import re
-    import warnings
 
     from PIL import Image, UnidentifiedImageError
+
+    from cmhash.datasets.source import quiet_about_bombs
 
     if len(data) > MAX_UPLOAD_BYTES:
         raise SearchError(f"{name} is {len(data):,} bytes; images up to {MAX_UPLOAD_BYTES:,} bytes are accepted.", 413)
@@ -100,14 +101,13 @@ def read_image(data: bytes, name: str, max_pixels: int):
                            "image.", 413)
 
     Image.MAX_IMAGE_PIXELS = max_pixels
+    quiet_about_bombs()  # refused below, from the header
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # refused below, from the header
-            with Image.open(io.BytesIO(data)) as image:
-                width, height = image.size
-                if width * height > max_pixels:  # PIL alone refuses only above twice its limit
-                    raise too_many(width * height)
-                return image.convert("RGB")
+        with Image.open(io.BytesIO(data)) as image:
+            width, height = image.size
+            if width * height > max_pixels:  # PIL alone refuses only above twice its limit
+                raise too_many(width * height)
+            return image.convert("RGB")
     except Image.DecompressionBombError as err:
         found = re.search(r"\((\d+) pixels\)", str(err))
         raise too_many(int(found[1]) if found else None) from None
