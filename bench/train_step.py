@@ -10,7 +10,8 @@ times on the CPU:
 - **the bare step**: the same networks (built by the method itself, so the shapes are the method's),
   run forward as the method's codes are computed (its image and text outputs, or its pair output,
   and MESDCH's label network), on the same batch size and dtype, a trivial loss (the mean square of
-  the outputs), backward and one plain SGD step over all their parameters.
+  the outputs), backward and a step of the method's own optimisers (plain SGD for MESDCH, whose
+  three optimisers are made inside its fit).
 
 The ratio shows what the method's own work costs beyond the networks'. Median of ``--steps`` steps
 after ``--warmup`` steps, with ``--threads`` torch threads.
@@ -81,7 +82,10 @@ def method_and_bare_steps(name: str, settings: dict, bits: int, n: int, dims: di
             batch = next(stream)
         steps["step"](batch, 0)
 
-    optimizer = torch.optim.SGD(method.nets.parameters(), lr=1e-3)
+    try:  # the method's own optimisers (their update is part of the networks' cost), else plain SGD
+        optimizers = method.make_optimizers()
+    except NotImplementedError:
+        optimizers = [torch.optim.SGD(method.nets.parameters(), lr=1e-3)]
     tensors = {"image": torch.as_tensor(images), "text": torch.as_tensor(texts), "label": torch.as_tensor(labels)}
     generator = torch.Generator().manual_seed(seed)
     bare_batches = iter(())
@@ -99,10 +103,15 @@ def method_and_bare_steps(name: str, settings: dict, bits: int, n: int, dims: di
             outputs = [method.image_output(batch.images), method.text_output(batch.texts)]
         if "label" in method.nets:  # MESDCH's label network
             outputs.append(method.nets["label"](batch.labels))
+        for modality, output in (("image", outputs[0]), ("text", outputs[-1])):  # CFRH's decoders read the codes
+            if f"{modality}_decoder" in method.nets:
+                outputs.append(method.nets[f"{modality}_decoder"](output))
         loss = sum((output.float() ** 2).mean() for output in outputs)
-        optimizer.zero_grad()
+        for optimizer in optimizers:
+            optimizer.zero_grad()
         loss.backward()
-        optimizer.step()
+        for optimizer in optimizers:
+            optimizer.step()
 
     shapes = {key: [tuple(p.shape) for p in network.parameters()] for key, network in method.nets.items()}
     return method_step, bare_step, {"batch_size": method.batch_size, "parameters": shapes}

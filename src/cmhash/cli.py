@@ -119,7 +119,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# How long an idle OpenMP thread (torch's, through libgomp) spins before it sleeps. libgomp's default
+# spins for so long that, on a 2-core machine with another busy process, a training step took 8-25x
+# its time alone (threads spinning for a core the neighbour holds); 5,000 costs nothing alone and
+# brings a CFRH fit beside a CPU-bound neighbour from 8.1x to 2.7x its time alone
+# (bench/README.md, *Training steps*). Set before torch is imported; a user's own setting wins.
+GOMP_SPINCOUNT = "5000"
+
+
 def main(argv: list[str] | None = None) -> int:
+    import os
+
+    os.environ.setdefault("GOMP_SPINCOUNT", GOMP_SPINCOUNT)
     args = build_parser().parse_args(argv)
     from cmhash import stages
     from cmhash.errors import CmhashError, for_terminal
