@@ -1,0 +1,36 @@
+"""The benchmarks run (on tiny sizes), so that they do not rot: slow tier."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+from conftest import COMMAND_ENV, REPO
+
+
+@pytest.mark.slow
+def test_train_step_bench_times_each_method_against_its_own_networks(tmp_path):
+    out = tmp_path / "train_step.json"
+    result = subprocess.run([sys.executable, "bench/train_step.py", "--items", "96", "--steps", "2", "--warmup", "1",
+                             "--bits", "16", "--out", str(out)], cwd=REPO, env=COMMAND_ENV, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+    rows = {row["method"]: row for row in json.loads(out.read_text())["results"]}
+    assert sorted(rows) == sorted(["djsrh", "jdsh", "cfrh", "ucmfh", "dcmht", "mesdch", "clipmh"])
+    assert all(row["method_ms"] > 0 and row["bare_ms"] > 0 for row in rows.values())
+    # the bare step runs the method's own networks: their shapes are the method's settings'
+    assert rows["djsrh"]["parameters"]["image"][0] == [1024, 1280] and rows["djsrh"]["parameters"]["image"][-1] == [16]
+    assert rows["cfrh"]["parameters"]["image_decoder"][-1] == [1664]
+
+
+@pytest.mark.slow
+def test_repro_times_bench_times_every_stage(tmp_path):
+    (tmp_path / "dvc.yaml").write_text("stages:\n  a:\n    cmd: echo a > a.txt\n    outs: [a.txt]\n"
+                                       "  b:\n    cmd: cp a.txt b.txt\n    deps: [a.txt]\n    outs: [b.txt]\n")
+    for command in (["git", "init", "-q"], [sys.executable, "-m", "dvc", "init", "-q"]):
+        subprocess.run(command, cwd=tmp_path, env=COMMAND_ENV, check=True)
+    out = tmp_path / "times.json"
+    result = subprocess.run([sys.executable, str(REPO / "bench" / "repro_times.py"), "--project", str(tmp_path), "--out", str(out)],
+                            cwd=REPO, env=COMMAND_ENV, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+    times = json.loads(out.read_text())
+    assert times["returncode"] == 0 and sorted(times["stages"]) == ["a", "b"] and times["total_seconds"] > 0
