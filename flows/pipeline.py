@@ -60,7 +60,7 @@ def run_dvc_stages(root: str, to_run: list[str], out_of_date: list[str]) -> list
     stages; the others are recorded as skipped), each as soon as its upstream stages completed; a
     failed stage's dependents do not run, independent branches finish, and then this flow fails."""
     futures, outcomes, failures, not_run = {}, [], [], []
-    stages = read_pipeline(root)
+    stages = read_pipeline(root)  # read again here, not passed: a flow's parameters are stored by the API
     for stage in stages:
         if stage.name in to_run:
             futures[stage.name] = run_stage.with_options(task_run_name=stage.name).submit(
@@ -93,9 +93,9 @@ def _with_downstream(stages, names: set[str]) -> set[str]:
     return selected
 
 
-def _output_folders(stages) -> list[str]:
+def _output_folders(root: Path, stages) -> list[str]:
     """The top folders of the stages' outputs (data, metrics, plots, reports), relative to the clone."""
-    root = Path.cwd().resolve()
+    root = root.resolve()
     folders = set()
     for stage in stages:
         for path in stage.outs:
@@ -158,7 +158,7 @@ def pipeline(
             print(done)
         with params_for_run(root, params_path, overrides, run=runtime.flow_run.name or ""):
             stages = read_pipeline(root)
-            for leftover in remove_leftover_temporaries(root, _output_folders(stages)):
+            for leftover in remove_leftover_temporaries(root, _output_folders(root, stages)):
                 print(f"removed {leftover}: left half-written by a stage that was killed")
             stale = out_of_date(root)
             to_run = _with_downstream(stages, stale)

@@ -105,6 +105,7 @@ def out_of_date(root: str | Path) -> set[str]:
 def repository_lock(root: str | Path) -> Iterator[None]:
     """Hold DVC's repository lock (``.dvc/tmp/lock``), waiting for it, as DVC does while it reads
     and writes ``dvc.lock``."""
+    from dvc.lock import LockError
     from dvc.repo import Repo
 
     with Repo(str(root)) as repo:
@@ -113,7 +114,7 @@ def repository_lock(root: str | Path) -> Iterator[None]:
             try:
                 repo.lock.lock()
                 break
-            except Exception:  # dvc.lock.LockError: another DVC command holds it for a moment
+            except LockError:  # another DVC command holds it for a moment
                 if time.monotonic() > deadline:
                     raise CmhashError(f"{root}: DVC's repository lock stayed taken for 10 minutes.") from None
                 time.sleep(0.05)

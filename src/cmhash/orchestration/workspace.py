@@ -26,7 +26,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from cmhash.errors import CmhashError
+from cmhash.errors import CmhashError, quote
 
 
 def _git(root: Path, *args: str) -> subprocess.CompletedProcess:
@@ -135,7 +135,7 @@ def _parameter_file(root: Path, params_path: str | Path) -> tuple[Path, str]:
     try:
         relative = path.relative_to(root.resolve()).as_posix()
     except ValueError:
-        raise CmhashError(f"params_path {str(params_path)[:200]!r} is outside the clone {root}; the flow only "
+        raise CmhashError(f"params_path {quote(str(params_path), 200)} is outside the clone {root}; the flow only "
                           "writes parameter files of the clone it runs in.") from None
     if not path.is_file():
         raise CmhashError(f"{path}: parameter file not found (flow parameter params_path is relative to {root}).")
