@@ -120,9 +120,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # How long an idle OpenMP thread (torch's, through libgomp) spins before it sleeps. libgomp's default
-# spins for so long that, on a 2-core machine with another busy process, a training step took 8-25x
+# spins for so long that, on a 2-core machine with another busy process, a training step took 12-40x
 # its time alone (threads spinning for a core the neighbour holds); 5,000 costs nothing alone and
-# brings a CFRH fit beside a CPU-bound neighbour from 8.1x to 2.7x its time alone
+# brings a CFRH fit beside a CPU-bound neighbour from 8.1x to 2.5-2.7x its time alone
 # (bench/README.md, *Training steps*). Set before torch is imported; a user's own setting wins.
 GOMP_SPINCOUNT = "5000"
 

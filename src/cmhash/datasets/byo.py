@@ -132,7 +132,7 @@ def check_images_decode(root: Path, pairs: list[Pair], progress: bool, max_pixel
                 check_pixels(img, max_pixels, pair.image, pair.where)  # PIL alone refuses only above twice the limit
                 img.verify()
         except Image.DecompressionBombError as err:
-            raise CmhashError(too_many_pixels(root / pair.image, pair.where, err)) from None
+            raise CmhashError(too_many_pixels(root / pair.image, pair.where, max_pixels, err)) from None
         except (UnidentifiedImageError, OSError) as err:
             raise CmhashError(f"{pair.where}: image {pair.image!r} cannot be decoded ({err}); replace or remove it.") from None
 

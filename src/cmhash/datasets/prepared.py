@@ -269,7 +269,7 @@ def _open_image(path: Path, prepared: Path, item: int, max_pixels: int, decode: 
             check_pixels(img, max_pixels, path, f"{prepared}: item {item}")  # before decoding anything
             return img.convert("RGB") if decode else None
     except Image.DecompressionBombError as err:
-        raise CmhashError(too_many_pixels(path, f"{prepared}: item {item}", err)) from None
+        raise CmhashError(too_many_pixels(path, f"{prepared}: item {item}", max_pixels, err)) from None
     except FileNotFoundError as err:
         raise CmhashError(f"{prepared}: item {item}: image {path} does not exist; check dataset.root.") from err
     except (UnidentifiedImageError, OSError) as err:

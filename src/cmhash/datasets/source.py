@@ -64,19 +64,22 @@ def source_root(dataset: dict[str, Any]) -> Path:
 MAX_IMAGE_PIXELS = 89_478_485  # PIL's default limit; dataset.max_image_pixels changes it
 
 
-def too_many_pixels(path: Path | str, where: str, pixels: int | BaseException | None = None) -> str:
-    """The message for an image over the pixel limit (``dataset.max_image_pixels``); ``pixels`` is
-    the count, or PIL's DecompressionBombError, which states it."""
+def too_many_pixels(path: Path | str, where: str, limit: int, pixels: int | BaseException | None = None) -> str:
+    """The message for an image over the pixel limit ``limit`` (``dataset.max_image_pixels``);
+    ``pixels`` is the count, or PIL's DecompressionBombError, which states it."""
+    if isinstance(pixels, BaseException):
+        pixels = pixels_in(pixels)
+    size = f"{pixels:,} pixels" if pixels is not None else "too many pixels"
+    return (f"{where}: image {path} has {size}, more than dataset.max_image_pixels ({limit:,}), the limit "
+            "kept against decompression bombs; if the image is genuine, raise dataset.max_image_pixels in params.yaml.")
+
+
+def pixels_in(error: BaseException) -> int | None:
+    """The pixel count PIL's DecompressionBombError states ("Image size (N pixels) exceeds ...")."""
     import re
 
-    from PIL import Image
-
-    if isinstance(pixels, BaseException):
-        found = re.search(r"\((\d+) pixels\)", str(pixels))
-        pixels = int(found[1]) if found else None
-    size = f"{pixels:,} pixels" if pixels is not None else "too many pixels"
-    return (f"{where}: image {path} has {size}, more than dataset.max_image_pixels ({Image.MAX_IMAGE_PIXELS:,}), the limit "
-            "kept against decompression bombs; if the image is genuine, raise dataset.max_image_pixels in params.yaml.")
+    found = re.search(r"\((\d+) pixels\)", str(error))
+    return int(found[1]) if found else None
 
 
 def quiet_about_bombs() -> None:
@@ -93,12 +96,9 @@ def check_pixels(image, max_pixels: int, path: Path | str, where: str) -> None:
     """Refuse an opened (not yet decoded) PIL image with more than ``max_pixels`` pixels. PIL itself
     refuses only above twice its limit (it merely warns between 1x and 2x), so the limit is checked
     here, from the header, before any pixel is decoded."""
-    from PIL import Image
-
     width, height = image.size
     if width * height > max_pixels:
-        Image.MAX_IMAGE_PIXELS = max_pixels
-        raise CmhashError(too_many_pixels(path, where, width * height))
+        raise CmhashError(too_many_pixels(path, where, max_pixels, width * height))
 
 
 def check_images_exist(root: Path, paths: list[str], describe: Any, progress: bool) -> None:

@@ -86,11 +86,9 @@ def parse_k(value: Any) -> int:
 def read_image(data: bytes, name: str, max_pixels: int):
     """An RGB PIL image from file bytes, or a clear error: too large a file, more than ``max_pixels``
     pixels (checked from the header, before any pixel is decoded), not an image."""
-    import re
-
     from PIL import Image, UnidentifiedImageError
 
-    from cmhash.datasets.source import quiet_about_bombs
+    from cmhash.datasets.source import pixels_in, quiet_about_bombs
 
     if len(data) > MAX_UPLOAD_BYTES:
         raise SearchError(f"{name} is {len(data):,} bytes; images up to {MAX_UPLOAD_BYTES:,} bytes are accepted.", 413)
@@ -109,8 +107,7 @@ def read_image(data: bytes, name: str, max_pixels: int):
                 raise too_many(width * height)
             return image.convert("RGB")
     except Image.DecompressionBombError as err:
-        found = re.search(r"\((\d+) pixels\)", str(err))
-        raise too_many(int(found[1]) if found else None) from None
+        raise too_many(pixels_in(err)) from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
         raise SearchError(f"{name} is not an image PIL can read (JPEG, PNG, WebP, ...).", 415) from None
 
