@@ -1,6 +1,8 @@
 import subprocess
 import sys
 
+import pytest
+
 from cmhash.cli import main
 
 
@@ -51,3 +53,35 @@ def test_from_dvc_stage_checks_the_stage_name(tmp_path, capsys, monkeypatch):
     monkeypatch.delenv("DVC_STAGE")
     assert main(["evaluate", "--params", str(tmp_path / "params.yaml"), "--root", str(tmp_path)]) == 1
     assert "give --method and --bits" in capsys.readouterr().err
+
+
+def test_every_command_keeps_openmp_threads_from_spinning_for_long(monkeypatch):
+    """libgomp's default spin made training 12-40x slower beside a busy process (bench/README.md);
+    the CLI sets a short spin before torch loads, unless the user chose one."""
+    import os
+
+    from cmhash.cli import main
+
+    monkeypatch.delenv("GOMP_SPINCOUNT", raising=False)
+    with pytest.raises(SystemExit):
+        main(["--version"])
+    assert os.environ["GOMP_SPINCOUNT"] == "5000"
+    monkeypatch.setenv("GOMP_SPINCOUNT", "123")
+    with pytest.raises(SystemExit):
+        main(["--version"])
+    assert os.environ["GOMP_SPINCOUNT"] == "123"
+
+
+def test_commands_that_read_no_method_settings_do_not_import_torch(tmp_path):
+    """The schema of the methods' settings comes from their classes, which import torch (a second or
+    more); evaluate, items, report and the like check the other sections only, and on a machine
+    without an NVIDIA device `device: auto` is answered without torch too."""
+    from conftest import REPO
+
+    code = ("import sys\nfrom cmhash.params import load_params\nfrom cmhash.cli import WITHOUT_METHOD_SETTINGS\n"
+            "from cmhash.device import resolve_device\n"
+            f"load_params({str(REPO / 'params.yaml')!r}, WITHOUT_METHOD_SETTINGS)\n"
+            "assert resolve_device('auto') == 'cpu'\nassert 'torch' not in sys.modules, 'torch was imported'\n")
+    result = subprocess.run([sys.executable, "-c", code], env={"CUDA_VISIBLE_DEVICES": "", "PATH": "/usr/bin:/bin"},
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr

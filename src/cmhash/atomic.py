@@ -40,8 +40,8 @@ def _new_temporary_file(target: Path) -> Path:
     return _create_next_to(target, lambda tmp: os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)))
 
 
-# The names of the temporaries: ".NAME.<12 hex digits>.tmp" (files), ".NAME.<12 hex digits>.tmp"
-# (folders being written) and ".NAME.<12 hex digits>.old" (a folder's previous version being removed).
+# The names of the temporaries: ".NAME.<12 hex digits>.tmp" for a file or a folder being written,
+# ".NAME.<12 hex digits>.old" for a folder's previous version being removed.
 _TEMPORARY = re.compile(r"^\..+\.[0-9a-f]{12}\.(tmp|old)$")
 
 
