@@ -53,7 +53,7 @@ def items_per_second(batches: list, prepare, embed, items: int, loaders: int, re
     """The encode stage's loop: ``loaders`` threads run ``prepare`` on the next batches while the
     model thread runs ``embed`` on this one; items per second, the best of ``repeats`` passes after
     a warm-up batch."""
-    from cmhash.finetune import prefetched
+    from cmhash.encoders.towers import prefetched
 
     embed(prepare(batches[0]))  # warm-up
     best = float("inf")
@@ -114,7 +114,7 @@ def scaling(prepared: Path, settings: dict, batch_size: int | None, workers: lis
     """The whole encode stage on 1, 2, ... local Dask workers (shards of 4 batches), items per second."""
     from cmhash.encoders import build_encoder
     from cmhash.encoders.batch_size import resolve_batch_size
-    from cmhash.encoding import encode_dataset
+    from cmhash.encoders.dataset import encode_dataset
 
     encoder = build_encoder(settings)
     batch_size = batch_size or resolve_batch_size("auto", encoder)

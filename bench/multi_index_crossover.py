@@ -49,7 +49,8 @@ def main(argv=None) -> int:
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "multi_index_crossover.json")
     args = parser.parse_args(argv)
 
-    from cmhash.search import HammingIndex, MultiIndexHammingIndex
+    from cmhash.search import HammingIndex
+    from cmhash.search.multi_index import MultiIndexHammingIndex
 
     rows = []
     for kind, n in ((kind, n) for kind in args.codes for n in args.items):

@@ -139,18 +139,18 @@ MAKERS = {"nuswide": make_nuswide, "coco": make_coco, "mirflickr25k": make_mirfl
 CHILD = """
 import json, sys, time
 from pathlib import Path
-from cmhash import stages
+from cmhash.pipeline import stages
 from cmhash.errors import ValidationFailed
-from cmhash.layout import Layout
+from cmhash.pipeline.layout import Layout
 params = {"dataset": json.loads(sys.argv[1])}
 layout = Layout(Path(sys.argv[2]))
 started = time.perf_counter()
-stages.prepare(params, layout, progress=False)
+stages.prepare.run(params, layout, progress=False)
 prepared = time.perf_counter()
 # VmHWM: the peak of this process's own memory (ru_maxrss would include the parent's, at fork)
 peak_kb = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM:"))
 try:
-    failed = stages.validate(params, layout)["failed"]
+    failed = stages.validate.run(params, layout)["failed"]
 except ValidationFailed as err:  # recorded, not fatal: small --scale runs have too few items per label
     failed = [line.strip() for line in str(err).splitlines()[1:-1]]  # the failed expectations
 print(json.dumps({"seconds": round(prepared - started, 1), "peak_rss_mb": round(peak_kb / 1024),

@@ -68,7 +68,7 @@ def main(argv=None) -> int:
     stages = {name: round(end - start, 2) for (name, start), (_, end) in zip(marks, marks[1:] + [("", total)])}
     by_kind: dict[str, float] = defaultdict(float)
     train_by_method: dict[str, float] = defaultdict(float)
-    for name, seconds in stages.items():
+    for name, seconds in stages.items.run():
         kind, _, item = name.partition("@")
         by_kind[kind] += seconds
         if kind == "train":

@@ -132,7 +132,7 @@ def main(argv=None) -> int:
 
     import torch
 
-    from cmhash.params import load_params, method_params
+    from cmhash.pipeline.params import load_params, method_params
 
     if args.threads:
         torch.set_num_threads(args.threads)

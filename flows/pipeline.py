@@ -38,11 +38,11 @@ from prefect.artifacts import create_table_artifact
 from prefect.futures import wait
 
 from cmhash.errors import CmhashError, quote
-from cmhash.metrics_diff import check_threshold, diff_metrics, header_lines, metrics_at, regressions, render_diff, settings_differences, table_records
 from cmhash.orchestration.dvc_state import out_of_date, read_pipeline
 from cmhash.orchestration.experiments import experiment_names, name_for_run, previous_experiments, push_experiment, save_experiment
 from cmhash.orchestration.tasks import run_stage, stage_task_runner
 from cmhash.orchestration.workspace import check_clone, exclusive_workspace, params_for_run, recover_params, remove_leftover_temporaries
+from cmhash.pipeline.metrics_diff import check_threshold, diff_metrics, header_lines, metrics_at, regressions, render_diff, settings_differences, table_records
 
 OUTCOME_COLUMNS = ("stage", "outcome", "started", "finished", "seconds", "gpu")
 
@@ -138,7 +138,7 @@ def pipeline(
         max_parallel: independent stages run at the same time (threads, or local Dask workers).
         baseline: the version the metrics are compared with; default: the deployment's last completed run with
             the same data and evaluation settings, else HEAD.
-        regression_threshold: the run fails if any mAP@all or mAP@50 cell drops by more than this (finite, at least 0).
+        regression_threshold: the run fails if any mAP@all or mAP@k cell (each k of evaluate.map_ks) drops by more than this (finite, at least 0).
         push: push the experiment to the git remote `origin` and its outputs to the default DVC remote.
         task_runner: `threads` on this machine, or `dask` (a local cluster, or the one at dask_address).
         dask_address: the scheduler of an existing Dask cluster whose workers share this workspace.

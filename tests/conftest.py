@@ -54,14 +54,14 @@ def tiny_params(clip_config: Path | None = None) -> dict:
             if key in settings:
                 settings[key] = tiny
     params["evaluate"]["top_r"] = [1, 5, 10, 50]
-    from cmhash.params import validate_params
+    from cmhash.pipeline.params import validate_params
 
     return validate_params(params)  # complete, as the stages get it from load_params
 
 
 def params_for_dataset(dataset: dict) -> dict:
     """tiny_params() with another ``dataset`` section, checked and completed as load_params does."""
-    from cmhash.params import validate_params
+    from cmhash.pipeline.params import validate_params
 
     return validate_params({**tiny_params(), "dataset": dataset})
 
@@ -76,19 +76,19 @@ def clip_config(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def prepared_tiny(tmp_path_factory) -> tuple[dict, Path]:
     """A tiny built-in prepared file, made once; tests that corrupt it work on copies."""
-    from cmhash import stages
-    from cmhash.layout import Layout
+    from cmhash.pipeline import stages
+    from cmhash.pipeline.layout import Layout
 
     root = tmp_path_factory.mktemp("prepared")
     params = tiny_params()
-    path = stages.prepare(params, Layout(root), progress=False)
+    path = stages.prepare.run(params, Layout(root), progress=False)
     return params, path
 
 
 @pytest.fixture
 def project(tmp_path, prepared_tiny) -> tuple[dict, "Layout"]:  # noqa: F821
     """A fresh project folder holding a copy of the tiny prepared file."""
-    from cmhash.layout import Layout
+    from cmhash.pipeline.layout import Layout
 
     params, source = prepared_tiny
     layout = Layout(tmp_path)

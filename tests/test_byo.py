@@ -8,10 +8,10 @@ import pytest
 from conftest import tiny_params
 from PIL import Image
 
-from cmhash import stages
 from cmhash.datasets.prepared import PreparedData
 from cmhash.errors import CmhashError
-from cmhash.layout import Layout
+from cmhash.pipeline import stages
+from cmhash.pipeline.layout import Layout
 
 COLOURS = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (30, 60, 220)}
 
@@ -48,7 +48,7 @@ def _write_folder(root, pairs, fmt="jsonl"):
 
 
 def _byo_params(root, clip_config=None):
-    from cmhash.params import validate_params
+    from cmhash.pipeline.params import validate_params
 
     dataset = {"name": "byo", "root": str(root), "seed": 0, "split": {"query": 8, "train": 24}}
     return validate_params({**tiny_params(clip_config), "dataset": dataset})
@@ -58,7 +58,7 @@ def _byo_params(root, clip_config=None):
 def test_byo_folder_is_prepared_and_validated(tmp_path, fmt):
     root = _write_folder(tmp_path / "photos", _pairs(), fmt)
     params, layout = _byo_params(root), Layout(tmp_path / "project")
-    path = stages.prepare(params, layout, progress=False)
+    path = stages.prepare.run(params, layout, progress=False)
     with PreparedData(path) as data:
         assert data.n_items == 40 and data.source == "byo"
         assert data.label_names == ["blue", "disc", "green", "red", "square"]  # sorted vocabulary
@@ -69,7 +69,7 @@ def test_byo_folder_is_prepared_and_validated(tmp_path, fmt):
         assert {k: len(v) for k, v in data.splits.items()} == {"query": 8, "retrieval": 32, "train": 24}
         first = next(data.iter_images(4))
         assert first[0].size == (48, 48) and first[0].getpixel((20, 20)) == COLOURS["red"]
-    assert stages.validate(params, layout)["failed"] == 0
+    assert stages.validate.run(params, layout)["failed"] == 0
 
 
 def test_byo_runs_through_the_whole_pipeline(tmp_path, clip_config):
@@ -77,12 +77,12 @@ def test_byo_runs_through_the_whole_pipeline(tmp_path, clip_config):
     params, layout = _byo_params(root, clip_config), Layout(tmp_path / "project")
     params["dataset"]["split"] = {"query": 10, "train": 40}
     params["train"]["bits"] = [16]
-    stages.prepare(params, layout, progress=False)
-    stages.validate(params, layout)
-    stages.encode(params, layout, progress=False)
+    stages.prepare.run(params, layout, progress=False)
+    stages.validate.run(params, layout)
+    stages.encode.run(params, layout, progress=False)
     for method in ("lsh", "djsrh", "dcmht"):
-        stages.train(params, layout, method, 16, progress=False)
-        scores = stages.evaluate(params, layout, method, 16, progress=False)
+        stages.train.run(params, layout, method, 16, progress=False)
+        scores = stages.evaluate.run(params, layout, method, 16, progress=False)
         assert 0 < scores["i2t"]["map_all"] <= 1
 
 
@@ -100,7 +100,7 @@ def _broken(tmp_path, edit):
 def test_bad_pairs_stop_prepare_naming_file_and_line(tmp_path, edit, message):
     root = _broken(tmp_path, edit)
     with pytest.raises(CmhashError, match=message):
-        stages.prepare(_byo_params(root), Layout(tmp_path / "project"), progress=False)
+        stages.prepare.run(_byo_params(root), Layout(tmp_path / "project"), progress=False)
 
 
 def test_missing_and_undecodable_images_and_bad_json_are_clear_errors(tmp_path):
@@ -109,42 +109,42 @@ def test_missing_and_undecodable_images_and_bad_json_are_clear_errors(tmp_path):
     params["dataset"]["split"] = {"query": 2, "train": 5}
     (root / "a/img_004.jpg").write_bytes(b"not a jpeg at all")
     with pytest.raises(CmhashError, match=r"pairs.jsonl:5: image 'a/img_004.jpg' cannot be decoded"):
-        stages.prepare(params, layout, progress=False)
+        stages.prepare.run(params, layout, progress=False)
     (root / "a/img_004.jpg").unlink()
     with pytest.raises(CmhashError, match=r"pairs.jsonl:5: image 'a/img_004.jpg' does not exist"):
-        stages.prepare(params, layout, progress=False)
+        stages.prepare.run(params, layout, progress=False)
     (root / "pairs.jsonl").write_text('{"image": "b/img_001.jpg", "text": "x", "labels": ["a"]}\n{oops\n')
     with pytest.raises(CmhashError, match=r"pairs.jsonl:2: not valid JSON"):
-        stages.prepare(params, layout, progress=False)
+        stages.prepare.run(params, layout, progress=False)
 
 
 def test_pairs_file_must_be_exactly_one_and_split_explicit(tmp_path):
     root = _write_folder(tmp_path / "photos", _pairs(12))
     (root / "pairs.csv").write_text("image,text,labels\n")
     with pytest.raises(CmhashError, match="has both of pairs.jsonl and pairs.csv"):
-        stages.prepare(_byo_params(root), Layout(tmp_path / "project"), progress=False)
+        stages.prepare.run(_byo_params(root), Layout(tmp_path / "project"), progress=False)
     (root / "pairs.jsonl").unlink()
     (root / "pairs.csv").write_text("picture,caption\n")
     with pytest.raises(CmhashError, match="header must name the columns image,text,labels"):
-        stages.prepare(_byo_params(root), Layout(tmp_path / "project"), progress=False)
+        stages.prepare.run(_byo_params(root), Layout(tmp_path / "project"), progress=False)
     params = _byo_params(root)
     params["dataset"]["split"] = {"query": 3}
     with pytest.raises(CmhashError, match=r"dataset.split must give train \(e.g. split: \{query: 2000, train: 5000\}\) or name a protocol"):
-        stages.prepare(params, Layout(tmp_path / "project"), progress=False)
+        stages.prepare.run(params, Layout(tmp_path / "project"), progress=False)
 
 
 def test_duplicate_pairs_are_counted_warned_about_and_can_be_dropped(tmp_path, capsys):
-    from cmhash.params import validate_params
+    from cmhash.pipeline.params import validate_params
 
     pairs = _pairs(40)
     root = _write_folder(tmp_path / "raw", pairs + pairs)  # every pair twice
     params = _byo_params(root)
     layout = Layout(tmp_path / "project")
-    stages.prepare(params, layout, progress=False)
+    stages.prepare.run(params, layout, progress=False)
     with PreparedData(layout.prepared("byo")) as data:
         assert data.summary["duplicate_pairs"] == 40 and data.n_items == 80
         queries = set(data.splits["query"].tolist())
-    report = stages.validate(params, layout)
+    report = stages.validate.run(params, layout)
     twins = sum(1 for q in queries if (q + 40) % 80 not in queries)  # the query's twin is a retrieval item
     assert report["success"] and report["warnings"] == [
         f"{twins} of the 8 queries have an exact duplicate (same image, same captions) in the retrieval set, e.g. item "
@@ -152,7 +152,7 @@ def test_duplicate_pairs_are_counted_warned_about_and_can_be_dropped(tmp_path, c
         "data, dataset.byo.deduplicate: true drops duplicates)"]
     assert "warning: " in capsys.readouterr().out
     deduplicated = validate_params({**params, "dataset": {**params["dataset"], "byo": {"deduplicate": True}}})
-    stages.prepare(deduplicated, layout, progress=False)
+    stages.prepare.run(deduplicated, layout, progress=False)
     with PreparedData(layout.prepared("byo")) as data:
         assert data.summary["duplicate_pairs_dropped"] == 40 and data.n_items == 40
-    assert stages.validate(deduplicated, layout)["warnings"] == []
+    assert stages.validate.run(deduplicated, layout)["warnings"] == []

@@ -3,16 +3,16 @@ import sys
 
 import pytest
 
-from cmhash.cli import main
+from cmhash.pipeline.cli import main
 
 
 def test_help_lists_every_stage_without_heavy_imports():
-    result = subprocess.run([sys.executable, "-m", "cmhash.cli", "--help"], capture_output=True, text=True)
+    result = subprocess.run([sys.executable, "-m", "cmhash.pipeline.cli", "--help"], capture_output=True, text=True)
     assert result.returncode == 0
     for stage in ("prepare", "validate", "encode", "train", "evaluate"):
         assert stage in result.stdout
     # --help must not import torch, open_clip, great_expectations or prefect
-    probe = subprocess.run([sys.executable, "-c", "import sys, cmhash.cli; cmhash.cli.build_parser();"
+    probe = subprocess.run([sys.executable, "-c", "import sys, cmhash.pipeline.cli; cmhash.pipeline.cli.build_parser();"
                             "print([m for m in ('torch','open_clip','great_expectations','prefect') if m in sys.modules])"],
                            capture_output=True, text=True)
     assert probe.stdout.strip() == "[]"
@@ -60,7 +60,7 @@ def test_every_command_keeps_openmp_threads_from_spinning_for_long(monkeypatch):
     the CLI sets a short spin before torch loads, unless the user chose one."""
     import os
 
-    from cmhash.cli import main
+    from cmhash.pipeline.cli import main
 
     monkeypatch.delenv("GOMP_SPINCOUNT", raising=False)
     with pytest.raises(SystemExit):
@@ -72,16 +72,30 @@ def test_every_command_keeps_openmp_threads_from_spinning_for_long(monkeypatch):
     assert os.environ["GOMP_SPINCOUNT"] == "123"
 
 
-def test_commands_that_read_no_method_settings_do_not_import_torch(tmp_path):
+@pytest.mark.parametrize("stage", ["prepare", "validate", "evaluate", "items", "index", "report"])
+def test_stages_that_read_no_method_settings_do_not_import_torch(stage):
     """The schema of the methods' settings comes from their classes, which import torch (a second or
-    more); evaluate, items, report and the like check the other sections only, and on a machine
-    without an NVIDIA device `device: auto` is answered without torch too."""
+    more); the short stages check the sections they read only, and on a machine without an NVIDIA
+    device `device: auto` is answered without torch too."""
     from conftest import REPO
 
-    code = ("import sys\nfrom cmhash.params import load_params\nfrom cmhash.cli import WITHOUT_METHOD_SETTINGS\n"
-            "from cmhash.device import resolve_device\n"
-            f"load_params({str(REPO / 'params.yaml')!r}, WITHOUT_METHOD_SETTINGS)\n"
+    code = ("import sys\nfrom cmhash.pipeline.params import load_params\n"
+            f"from cmhash.pipeline.stages.{stage} import SECTIONS\nfrom cmhash.device import resolve_device\n"
+            f"load_params({str(REPO / 'params.yaml')!r}, SECTIONS)\n"
             "assert resolve_device('auto') == 'cpu'\nassert 'torch' not in sys.modules, 'torch was imported'\n")
     result = subprocess.run([sys.executable, "-c", code], env={"CUDA_VISIBLE_DEVICES": "", "PATH": "/usr/bin:/bin"},
                             capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
+
+
+def test_a_missing_extra_is_named_with_the_install_line():
+    """`cmhash serve` on an install without the service extra says which extra to install."""
+    from conftest import REPO
+
+    code = ("import sys\nclass Blocked:\n    def find_spec(self, name, path=None, target=None):\n"
+            "        if name.split('.')[0] == 'fastapi':\n            raise ModuleNotFoundError(f'No module named {name!r}', name=name)\n"
+            "sys.meta_path.insert(0, Blocked())\nfrom cmhash.pipeline.cli import main\n"
+            f"sys.exit(main(['serve', '--params', {str(REPO / 'params.yaml')!r}, '--root', {str(REPO)!r}]))\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    assert "fastapi is not installed; `cmhash serve` needs the service extra: python -m pip install 'cmhash[service]'" in result.stderr

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cmhash import stages
 from cmhash.datasets.prepared import PreparedData
 from cmhash.errors import CmhashError
-from cmhash.layout import Layout
+from cmhash.pipeline import stages
+from cmhash.pipeline.layout import Layout
 
 # COCO's category ids have gaps (1..90 for 80 categories); order is by id
 CATEGORY_IDS = [i for i in range(1, 91) if i not in (12, 26, 29, 30, 45, 66, 68, 69, 71, 83)]
@@ -55,7 +55,7 @@ def _params(root, **options):
 def test_categories_captions_and_images(tmp_path, year):
     truth = _release(tmp_path / "raw", year)
     params, layout = _params(tmp_path / "raw", year=year), Layout(tmp_path / "project")
-    path = stages.prepare(params, layout, progress=False)
+    path = stages.prepare.run(params, layout, progress=False)
     kept = [(s, i) for s, i in sorted(truth, key=lambda k: (k[0] != "train", k[1])) if truth[(s, i)][0]]
     with PreparedData(path) as data:
         assert data.label_names == [f"category{cid}" for cid in CATEGORY_IDS]  # 80, in id order
@@ -66,7 +66,7 @@ def test_categories_captions_and_images(tmp_path, year):
             assert data.texts_by_item()[row] == texts
         assert data.summary["skipped_no_instance"] == len(truth) - len(kept)
         assert data.summary["images"] == len(truth) and data.summary["captions"] == len(data.texts)
-    report = stages.validate(params, layout)
+    report = stages.validate.run(params, layout)
     assert report["failed"] == 0 and "the dataset has 80 labels" in {o["description"] for o in report["expectations"]}
 
 
@@ -74,7 +74,7 @@ def test_only_the_train_subset(tmp_path):
     truth = _release(tmp_path / "raw")
     params = _params(tmp_path / "raw", subsets=["train"])
     params["dataset"]["split"] = {"query": 5, "train": 30}
-    path = stages.prepare(params, Layout(tmp_path / "p"), progress=False)
+    path = stages.prepare.run(params, Layout(tmp_path / "p"), progress=False)
     with PreparedData(path) as data:
         assert data.n_items == sum(1 for (s, _), (cats, _) in truth.items() if s == "train" and cats)
 
@@ -88,14 +88,14 @@ def test_bad_input_names_the_file_and_item(tmp_path):
     captions.write_text(json.dumps(data))
     bad = data["annotations"][3]
     with pytest.raises(CmhashError, match=rf"captions_val2017.json: caption annotation {bad['id']} of image {bad['image_id']} is blank"):
-        stages.prepare(_params(root), Layout(tmp_path / "p"), progress=False)
+        stages.prepare.run(_params(root), Layout(tmp_path / "p"), progress=False)
     captions.write_text("{not json")
     with pytest.raises(CmhashError, match="captions_val2017.json: not valid JSON"):
-        stages.prepare(_params(root), Layout(tmp_path / "p"), progress=False)
+        stages.prepare.run(_params(root), Layout(tmp_path / "p"), progress=False)
     with pytest.raises(CmhashError, match="instances_train2014.json not found"):
-        stages.prepare(_params(root, year=2014), Layout(tmp_path / "p"), progress=False)
+        stages.prepare.run(_params(root, year=2014), Layout(tmp_path / "p"), progress=False)
     (root / "train2017/000000000001.jpg").unlink()
     with pytest.raises(CmhashError, match=r"item 0: image .*train2017/000000000001.jpg does not exist"):
-        stages.prepare(_params(root, subsets=["train"]), Layout(tmp_path / "p"), progress=False)
+        stages.prepare.run(_params(root, subsets=["train"]), Layout(tmp_path / "p"), progress=False)
     with pytest.raises(CmhashError, match=r"unknown key dataset.coco.subset; did you mean dataset.coco.subsets\?"):
-        stages.prepare(_params(root, subset=["train"]), Layout(tmp_path / "p"), progress=False)
+        stages.prepare.run(_params(root, subset=["train"]), Layout(tmp_path / "p"), progress=False)

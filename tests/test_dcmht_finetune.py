@@ -6,12 +6,13 @@ import numpy as np
 import pytest
 import torch
 
-from cmhash import stages
 from cmhash.codes import read_codes
 from cmhash.datasets.prepared import PreparedData
+from cmhash.encoders.towers import prefetched
 from cmhash.errors import CmhashError
-from cmhash.finetune import prefetched, warmup_cosine
 from cmhash.methods import load_model
+from cmhash.methods.dcmht import warmup_cosine
+from cmhash.pipeline import stages
 
 
 def test_warmup_then_cosine_schedule():
@@ -54,9 +55,9 @@ def _finetune_params(params, clip_config):
 def test_finetune_trains_the_towers_and_encodes_through_them(project, clip_config):
     params, layout = project
     params = _finetune_params(params, clip_config)
-    stages.validate(params, layout)
-    stages.encode(params, layout, progress=False)
-    out = stages.train(params, layout, "dcmht", 16, progress=False)
+    stages.validate.run(params, layout)
+    stages.encode.run(params, layout, progress=False)
+    out = stages.train.run(params, layout, "dcmht", 16, progress=False)
     codes = read_codes(out / "codes.h5")
     with PreparedData(layout.prepared("builtin")) as data:
         n_query, n_retrieval = len(data.splits["query"]), len(data.splits["retrieval"])
@@ -75,20 +76,20 @@ def test_finetune_trains_the_towers_and_encodes_through_them(project, clip_confi
     assert any(not torch.equal(initial[k], trained[k]) for k in initial)
     assert len(model.history) == 2 and all(np.isfinite(model.history))
     # reproducible: a second run gives the same codes
-    again = read_codes(stages.train(params, layout, "dcmht", 16, progress=False) / "codes.h5")
+    again = read_codes(stages.train.run(params, layout, "dcmht", 16, progress=False) / "codes.h5")
     np.testing.assert_array_equal(again["retrieval"].texts, codes["retrieval"].texts)
 
 
 def test_finetune_needs_open_clip_towers(project):
     params, layout = project
     params["methods"]["dcmht"]["mode"] = "finetune"
-    stages.validate(params, layout)
-    stages.encode(params, layout, progress=False)
+    stages.validate.run(params, layout)
+    stages.encode.run(params, layout, progress=False)
     with pytest.raises(CmhashError, match="fine-tuning .* trains the open_clip towers; set encode.backend: open_clip"):
-        stages.train(params, layout, "dcmht", 16, progress=False)
+        stages.train.run(params, layout, "dcmht", 16, progress=False)
     params["methods"]["dcmht"]["mode"] = "fine-tune"
-    with pytest.raises(CmhashError, match="methods.dcmht.mode is 'fine-tune'; choose one of frozen, finetune"):
-        stages.train(params, layout, "dcmht", 16, progress=False)
+    with pytest.raises(CmhashError, match="methods.dcmht.mode is 'fine-tune'; expected one of 'frozen' or 'finetune'"):
+        stages.train.run(params, layout, "dcmht", 16, progress=False)
 
 
 @pytest.mark.gpu
@@ -97,9 +98,9 @@ def test_finetune_on_cuda_with_mixed_precision(project, clip_config):
     params, layout = project
     params = _finetune_params(params, clip_config)
     params["train"]["device"] = "cuda"
-    stages.validate(params, layout)
-    stages.encode(params, layout, progress=False)
-    out = stages.train(params, layout, "dcmht", 16, progress=False)
+    stages.validate.run(params, layout)
+    stages.encode.run(params, layout, progress=False)
+    out = stages.train.run(params, layout, "dcmht", 16, progress=False)
     codes = read_codes(out / "codes.h5")
     assert set(np.unique(codes["query"].images)) <= {-1, 1}
     model = load_model(out / "model.pt", device="cuda")

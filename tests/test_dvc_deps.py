@@ -7,14 +7,17 @@ file declared must be in the closure of some item of the stage (so an edit elsew
 """
 
 import ast
+import functools
+import importlib
+import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 from conftest import REPO, scratch_project, tiny_params
 
-from cmhash import stages
-from cmhash.layout import Layout
+from cmhash.pipeline.layout import Layout
+from cmhash.pipeline.params import validate_params
 
 SRC = REPO / "src"
 # Modules that cannot change what a stage writes: the exceptions and how their messages print.
@@ -80,6 +83,25 @@ def _closure(files: set[str]) -> set[str]:
     return done - NO_EFFECT_ON_OUTPUTS
 
 
+@functools.cache
+def _schema_files(sections: tuple[str, ...]) -> frozenset[str]:
+    """The cmhash files that checking ``sections`` of params.yaml imports, in a fresh interpreter (the
+    schema is built once per process and imports what it needs inside functions)."""
+    code = ("import sys\nfrom cmhash.pipeline.params import validate_params\n"
+            f"validate_params({{'dataset': {{'name': 'builtin'}}}}, sections={sections!r})\n"
+            "print('\\n'.join(m.__file__ for n, m in list(sys.modules.items()) if n.startswith('cmhash')))")
+    files = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    return frozenset(Path(path).relative_to(REPO).as_posix() for path in files)
+
+
+def _stage(name: str, raw: dict, *args) -> set[str]:
+    """The closure of one run of stage ``name`` as its command runs it: params.yaml checked (the
+    sections the stage reads), then the stage's module run."""
+    module = importlib.import_module(f"cmhash.pipeline.stages.{name}")
+    ran = _executed(lambda: module.run(validate_params(raw, sections=module.SECTIONS), *args))
+    return _closure(ran | _schema_files(module.SECTIONS) | {Path(module.__file__).relative_to(REPO).as_posix()})
+
+
 @pytest.fixture(scope="module")
 def closures(tmp_path_factory, clip_config):
     """{stage name as in dvc.yaml: closure} for a run of every stage on tiny data (encode with
@@ -87,19 +109,17 @@ def closures(tmp_path_factory, clip_config):
     params = tiny_params()
     params["train"]["methods"], params["train"]["bits"] = METHODS, [16]
     layout = Layout(tmp_path_factory.mktemp("closures"))
-    runs = {"check-params": _executed(stages.check_params, params, layout),
-            "prepare": _executed(stages.prepare, params, layout, False),
-            "validate": _executed(stages.validate, params, layout)}
-    clip = tiny_params(clip_config)
-    runs["encode"] = _executed(stages.encode, clip, layout, False) | _executed(stages.encode, params, layout, False)
+    runs = {"check-params": _stage("check_params", params, layout),
+            "prepare": _stage("prepare", params, layout, False),
+            "validate": _stage("validate", params, layout)}
+    runs["encode"] = _stage("encode", tiny_params(clip_config), layout, False) | _stage("encode", params, layout, False)
     for method in METHODS:
-        runs[f"train@{method}-16"] = _executed(stages.train, params, layout, method, 16, False)
-        runs[f"evaluate@{method}-16"] = _executed(stages.evaluate, params, layout, method, 16, False)
-        runs[f"index@{method}-16"] = _executed(stages.index, params, layout, method, 16)
-    runs["items"] = _executed(stages.items, params, layout, False)
-    runs["report"] = _executed(stages.report, params, layout)
-    # every stage starts in the CLI, which loads and checks params.yaml; the stage function does the rest
-    return {name: _closure(files | {"src/cmhash/stages.py"}) for name, files in runs.items()}
+        runs[f"train@{method}-16"] = _stage("train", params, layout, method, 16, False)
+        runs[f"evaluate@{method}-16"] = _stage("evaluate", params, layout, method, 16, False)
+        runs[f"index@{method}-16"] = _stage("index", params, layout, method, 16)
+    runs["items"] = _stage("items", params, layout, False)
+    runs["report"] = _stage("report", params, layout)
+    return runs
 
 
 @pytest.fixture(scope="module")
@@ -137,3 +157,11 @@ def test_no_stage_declares_code_it_does_not_run(closures, declared):
         if extra:
             unused[stage] = extra
     assert unused == {}
+
+
+def test_a_stage_module_is_a_dependency_of_its_own_stage_only(declared):
+    """An edit to one stage's module makes only that stage's entries stale."""
+    for stage, deps in declared.items():
+        kind = stage.split("@")[0].replace("-", "_")
+        modules = {dep for dep in deps if dep.startswith("src/cmhash/pipeline/stages/") and not dep.endswith("__init__.py")}
+        assert modules == {f"src/cmhash/pipeline/stages/{kind}.py"}, stage

@@ -4,12 +4,12 @@ import h5py
 import numpy as np
 import pytest
 
-from cmhash import stages
 from cmhash.encoders import build_encoder
-from cmhash.encoding import encode_dataset
+from cmhash.encoders.dataset import encode_dataset
 from cmhash.errors import CmhashError
 from cmhash.features import read_features
-from cmhash.layout import Layout
+from cmhash.pipeline import stages
+from cmhash.pipeline.layout import Layout
 
 
 def _images(n=3):
@@ -199,7 +199,7 @@ def test_encode_stage_with_multiple_captions(project, clip_config):
                        text_item=items[order], splits=data.splits, source="builtin", params=data.params, images=data.images[()])
     with PreparedData(path) as data:
         assert len(data.texts_by_item()[0]) == 2
-    stages.encode(tiny_params(clip_config), layout, progress=False)
+    stages.encode.run(tiny_params(clip_config), layout, progress=False)
     features = read_features(layout.features("builtin"))
     assert features.texts.shape == (120, 32) and features.aligned
 
@@ -332,7 +332,7 @@ def test_the_device_route_of_the_encode_stage_gives_the_cpu_routes_features(tmp_
     (a batch with another format goes through PIL). The same route runs here on the CPU."""
     from conftest import params_for_dataset
 
-    import cmhash.encoding
+    import cmhash.encoders.dataset
 
     if source == "pixels":
         params, layout = project
@@ -341,11 +341,11 @@ def test_the_device_route_of_the_encode_stage_gives_the_cpu_routes_features(tmp_
         _byo_images(tmp_path / "raw", ["jpg"] * 6 if source == "jpeg files" else ["jpg", "png"] * 3)
         layout = Layout(tmp_path / "byo")
         params = params_for_dataset({"name": "byo", "root": str(tmp_path / "raw"), "split": {"query": 2, "train": 3}})
-        prepared = stages.prepare(params, layout, progress=False)
+        prepared = stages.prepare.run(params, layout, progress=False)
     encoder = build_encoder({"backend": "offline", "device": "cpu", "offline": {"image_size": 64}})
     cpu, device = tmp_path / "cpu.h5", tmp_path / "device.h5"
     encode_dataset(prepared, cpu, encoder, batch_size=4, progress=False)
-    monkeypatch.setattr(cmhash.encoding, "preprocess_on_device", lambda encoder: True)
+    monkeypatch.setattr(cmhash.encoders.dataset, "preprocess_on_device", lambda encoder: True)
     encode_dataset(prepared, device, encoder, batch_size=4, progress=False)
     a, b = read_features(cpu).images, read_features(device).images
     cosine = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)

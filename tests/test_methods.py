@@ -301,15 +301,15 @@ def test_training_again_gives_identical_files(project):
     `dvc repro` would change dvc.lock (a torch model and a numpy one)."""
     import hashlib
 
-    from cmhash import stages
+    from cmhash.pipeline import stages
 
     params, layout = project
-    stages.encode(params, layout, progress=False)
+    stages.encode.run(params, layout, progress=False)
     for method in ("itq", "djsrh"):
         folder = layout.model_dir(method, 16)
         digests = []
         for _ in range(2):
-            stages.train(params, layout, method, 16, progress=False)
+            stages.train.run(params, layout, method, 16, progress=False)
             digests.append({path.name: hashlib.md5(path.read_bytes()).hexdigest() for path in sorted(folder.iterdir())})
         assert sorted(digests[0]) == ["codes.h5", "model.pt", "train.json"]
         assert digests[0] == digests[1], method
@@ -351,8 +351,8 @@ def test_a_diverging_loss_stops_training_naming_the_method_epoch_and_cause():
 
 
 def test_collapsed_codes_are_reported(project):
-    from cmhash import stages
     from cmhash.codes import SplitCodes, collapse_warnings
+    from cmhash.pipeline import stages
 
     index = np.arange(4)
     same = np.ones((4, 8), np.int8)
@@ -364,13 +364,13 @@ def test_collapsed_codes_are_reported(project):
     params, layout = project
     params["train"]["methods"], params["train"]["bits"] = ["djsrh"], [16]
     params["methods"]["djsrh"]["weight_decay"] = 100.0  # every weight driven to zero: one code for all
-    stages.encode(params, layout, progress=False)
-    stages.train(params, layout, "djsrh", 16, progress=False)
+    stages.encode.run(params, layout, progress=False)
+    stages.train.run(params, layout, "djsrh", 16, progress=False)
     warnings = json.loads((layout.model_dir("djsrh", 16) / "train.json").read_text())["warnings"]
     assert any("bits of the image codes are the same for every retrieval item" in w for w in warnings)
-    stages.evaluate(params, layout, "djsrh", 16, progress=False)
+    stages.evaluate.run(params, layout, "djsrh", 16, progress=False)
     assert json.loads(layout.metrics("djsrh", 16).read_text())["warnings"] == warnings
-    stages.report(params, layout)
+    stages.report.run(params, layout)
     assert f"## Warnings\n\nCodes that carry little information (see train.json of each model):\n\n- djsrh 16 bits: {warnings[0]}" \
         in layout.results_report().read_text()
 

@@ -7,9 +7,9 @@ import pytest
 import yaml
 from conftest import run_command
 
-from cmhash.cli import main
 from cmhash.errors import CmhashError
-from cmhash.metrics_diff import VersionMetrics, check_threshold, diff_metrics, regressions
+from cmhash.pipeline.cli import main
+from cmhash.pipeline.metrics_diff import VersionMetrics, check_threshold, diff_metrics, regressions
 
 DVC_YAML = """stages:
   evaluate:
@@ -124,3 +124,14 @@ def test_regressions_name_the_cells():
     diff = diff_metrics(old, new, threshold=0.01)
     assert regressions(diff) == ["dcmht 64 bits I→T mAP@all 0.711 -> 0.684 (-0.027)"]  # -0.01 is not beyond 0.01
     assert [row.method for row in diff.rows] == ["dcmht", "itq", "lsh"] and diff.rows[1].old == {}  # new in this version
+
+
+def test_the_columns_are_the_cells_evaluate_map_ks_computes():
+    from cmhash.pipeline.metrics_diff import _read_scores, metric_columns
+
+    assert metric_columns([10, 100]) == {"map_all": "mAP@all", "map_10": "mAP@10", "map_100": "mAP@100"}
+    assert list(metric_columns(None)) == ["map_all", "map_50", "map_1000", "map_5000"]  # the schema's default
+    columns = metric_columns([1000])  # 50 dropped from map_ks: no mAP@50 column, nothing asks for it
+    assert _read_scores(b'{"i2t": {"map_all": 0.5, "map_1000": 0.4}}', columns) == (None, {"i2t": {"map_all": 0.5, "map_1000": 0.4}})
+    problem, _ = _read_scores(b'{"i2t": {"map_all": 0.5, "map_50": 0.4}}', columns)  # a cell map_ks asks for and the file lacks
+    assert problem == "'i2t' holds no map_1000 (evaluate.map_ks asks for it)"

@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cmhash import stages
 from cmhash.datasets.prepared import PreparedData
 from cmhash.errors import CmhashError
-from cmhash.layout import Layout
+from cmhash.pipeline import stages
+from cmhash.pipeline.layout import Layout
 
 CONCEPTS = ["animals", "baby", "bird", "car", "clouds", "dog", "female", "flower", "food", "indoor", "lake", "male",
             "night", "people", "plant_life", "portrait", "river", "sea", "sky", "structures", "sunset", "transport",
@@ -50,7 +50,7 @@ def _params(root, min_tag_count=3):
 def test_classic_filter_labels_tags_and_bag_of_words(tmp_path):
     truth = _release(tmp_path / "raw")
     params, layout = _params(tmp_path / "raw"), Layout(tmp_path / "project")
-    path = stages.prepare(params, layout, progress=False)
+    path = stages.prepare.run(params, layout, progress=False)
     # expected, computed independently: keep images with a label and a tag used by >= 3 images
     counts = {}
     for _, tags in truth.values():
@@ -69,26 +69,26 @@ def test_classic_filter_labels_tags_and_bag_of_words(tmp_path):
         assert words == vocabulary and bow.shape == (len(kept), len(vocabulary))
         assert [words[i] for i in np.flatnonzero(bow[0])] == sorted(data.texts[0].split())
         assert "café" not in words  # used once: filtered out
-    assert stages.validate(params, layout)["failed"] == 0
+    assert stages.validate.run(params, layout)["failed"] == 0
 
 
 def test_annotation_for_a_missing_image_is_a_clear_error(tmp_path):
     _release(tmp_path / "raw")
     (tmp_path / "raw/mirflickr25k_annotations_v080/dog.txt").write_text("3\n121\n")
     with pytest.raises(CmhashError, match=r"dog.txt:2: image 121 is not in .*annotations do not match the image list"):
-        stages.prepare(_params(tmp_path / "raw"), Layout(tmp_path / "project"), progress=False)
+        stages.prepare.run(_params(tmp_path / "raw"), Layout(tmp_path / "project"), progress=False)
 
 
 def test_missing_parts_of_the_release_are_clear_errors(tmp_path):
     _release(tmp_path / "raw")
     (tmp_path / "raw/mirflickr/meta/tags/tags9.txt").unlink()
     with pytest.raises(CmhashError, match=r"tags9.txt is missing"):
-        stages.prepare(_params(tmp_path / "raw"), Layout(tmp_path / "project"), progress=False)
+        stages.prepare.run(_params(tmp_path / "raw"), Layout(tmp_path / "project"), progress=False)
     (tmp_path / "raw/mirflickr25k_annotations_v080/sky.txt").unlink()
     with pytest.raises(CmhashError, match=r"has 23 concept files"):
-        stages.prepare(_params(tmp_path / "raw"), Layout(tmp_path / "project"), progress=False)
+        stages.prepare.run(_params(tmp_path / "raw"), Layout(tmp_path / "project"), progress=False)
     with pytest.raises(CmhashError, match=r"elsewhere is not a folder; set dataset.root"):
-        stages.prepare(_params(tmp_path / "elsewhere"), Layout(tmp_path / "project"), progress=False)
+        stages.prepare.run(_params(tmp_path / "elsewhere"), Layout(tmp_path / "project"), progress=False)
     (tmp_path / "empty").mkdir()
     with pytest.raises(CmhashError, match=r"unpack mirflickr25k.zip"):
-        stages.prepare(_params(tmp_path / "empty"), Layout(tmp_path / "project"), progress=False)
+        stages.prepare.run(_params(tmp_path / "empty"), Layout(tmp_path / "project"), progress=False)

@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cmhash import stages
 from cmhash.datasets.prepared import PreparedData
 from cmhash.errors import CmhashError
-from cmhash.layout import Layout
+from cmhash.pipeline import stages
+from cmhash.pipeline.layout import Layout
 
 N = 150
 CONCEPTS = [f"concept{i:02d}" for i in range(81)]
@@ -49,7 +49,7 @@ def _params(root, concepts=10):
 def test_top_concepts_tags_and_images(tmp_path, concepts):
     names, labels, bow = _release(tmp_path / "raw")
     params, layout = _params(tmp_path / "raw", concepts), Layout(tmp_path / "project")
-    path = stages.prepare(params, layout, progress=False)
+    path = stages.prepare.run(params, layout, progress=False)
     # expected, computed independently: the most frequent concepts, items with one of them and a tag
     top = sorted(np.argsort(-labels.sum(axis=0).astype(int), kind="stable")[:concepts])
     kept = [i for i in range(N) if labels[i, top].any() and bow[i].any()]
@@ -65,7 +65,7 @@ def test_top_concepts_tags_and_images(tmp_path, concepts):
         skipped_no_label = int((~labels[:, top].any(axis=1)).sum())
         assert data.summary == {"images": N, "items": len(kept), "skipped_no_label": skipped_no_label,
                                 "skipped_no_tag": N - len(kept) - skipped_no_label}
-    report = stages.validate(params, layout)
+    report = stages.validate.run(params, layout)
     assert report["failed"] == 0
     # the vocabulary size is checked only on the whole release (269,648 images)
     assert "the dataset has %d labels" % concepts in {o["description"] for o in report["expectations"]}
@@ -78,22 +78,22 @@ def test_bad_release_files_name_the_file_and_line(tmp_path):
     lines = tags.read_text().splitlines(keepends=True)
     tags.write_text("".join(lines[:40] + ["\t".join(["0"] * 999) + "\n"] + lines[41:]))
     with pytest.raises(CmhashError, match=r"AllTags1k.txt:41: expected 1000 values of 0 or 1, got 999 value"):
-        stages.prepare(_params(root), Layout(tmp_path / "p"), progress=False)
+        stages.prepare.run(_params(root), Layout(tmp_path / "p"), progress=False)
     tags.write_text("".join(lines[:7] + ["2\t" + lines[7][2:]] + lines[8:]))
     with pytest.raises(CmhashError, match=r"AllTags1k.txt:8: expected 1000 values of 0 or 1"):
-        stages.prepare(_params(root), Layout(tmp_path / "p"), progress=False)
+        stages.prepare.run(_params(root), Layout(tmp_path / "p"), progress=False)
     tags.write_text("".join(lines[:-1]))
     with pytest.raises(CmhashError, match=rf"AllTags1k.txt has {N - 1} rows but the image list \(ImageList/Imagelist.txt\) has {N} images"):
-        stages.prepare(_params(root), Layout(tmp_path / "p"), progress=False)
+        stages.prepare.run(_params(root), Layout(tmp_path / "p"), progress=False)
     tags.write_text("".join(lines))
     label_file = root / "Groundtruth/AllLabels/Labels_concept00.txt"
     label_file.write_text(label_file.read_text() + "1\n")
     with pytest.raises(CmhashError, match=rf"Labels_concept00.txt has {N + 1} rows but the image list .* has {N} images"):
-        stages.prepare(_params(root), Layout(tmp_path / "p"), progress=False)
+        stages.prepare.run(_params(root), Layout(tmp_path / "p"), progress=False)
     for path in sorted((root / "Groundtruth/AllLabels").glob("*.txt"))[:72]:
         path.unlink()
     with pytest.raises(CmhashError, match="has 9 Labels_<concept>.txt files, fewer than the 10 concepts asked for"):
-        stages.prepare(_params(root), Layout(tmp_path / "p"), progress=False)
+        stages.prepare.run(_params(root), Layout(tmp_path / "p"), progress=False)
 
 
 def test_missing_image_names_the_image_list_line(tmp_path):
@@ -103,4 +103,4 @@ def test_missing_image_names_the_image_list_line(tmp_path):
     first = next(i for i in range(N) if labels[i, top].any() and bow[i].any())
     (root / "Flickr" / names[first][0] / names[first][1]).unlink()
     with pytest.raises(CmhashError, match=rf"Imagelist.txt:{first + 1}: image .*{names[first][1]} does not exist"):
-        stages.prepare(_params(root), Layout(tmp_path / "p"), progress=False)
+        stages.prepare.run(_params(root), Layout(tmp_path / "p"), progress=False)

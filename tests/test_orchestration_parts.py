@@ -24,8 +24,8 @@ from cmhash.orchestration.workspace import (
     recover_params,
     remove_leftover_temporaries,
 )
-from cmhash.params import load_params
-from cmhash.params_file import parse_overrides
+from cmhash.pipeline.params import load_params
+from cmhash.pipeline.params_file import parse_overrides
 
 
 @pytest.fixture

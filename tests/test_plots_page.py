@@ -7,7 +7,7 @@ import tarfile
 import pytest
 
 from cmhash.errors import CmhashError
-from cmhash.plots_page import VEGA_PACKAGES, _scripts_from_tarballs, offline_template
+from cmhash.pipeline.plots_page import VEGA_PACKAGES, _scripts_from_tarballs, offline_template
 
 
 def _npm_tarball(folder, name, version, source):
@@ -74,7 +74,7 @@ def test_the_page_renders_in_a_headless_browser_with_no_network(tmp_path):
     import subprocess
     import sys
 
-    from cmhash.plots_page import render_plots_page
+    from cmhash.pipeline.plots_page import render_plots_page
 
     project = tmp_path / "project"
     project.mkdir()

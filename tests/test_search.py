@@ -17,9 +17,9 @@ import pytest
 import yaml
 from conftest import COMMAND_ENV, tiny_params
 
-from cmhash import stages
-from cmhash.cli import main
-from cmhash.layout import Layout
+from cmhash.pipeline import stages
+from cmhash.pipeline.cli import main, search_service
+from cmhash.pipeline.layout import Layout
 
 EVIL_CAPTION = '<img src=x onerror="document.title=\'pwned\'">\x1b[2Ja caption with markup'
 
@@ -35,19 +35,19 @@ def project(tmp_path_factory):
     params["train"]["methods"], params["train"]["bits"] = ["dcmht", "lsh", "clipmh"], [32]
     params["methods"]["dcmht"].update({"epochs": 40, "hidden": 128})
     layout = Layout(tmp_path_factory.mktemp("search"))
-    stages.prepare(params, layout, progress=False)
+    stages.prepare.run(params, layout, progress=False)
     with h5py.File(layout.prepared("builtin"), "r+") as f:
         evil_item = int(f["splits/retrieval"][0])
         texts = f["texts"][()]
         texts[np.flatnonzero(f["text_item"][()] == evil_item)[0]] = EVIL_CAPTION.encode()
         del f["texts"]
         f.create_dataset("texts", data=texts.astype(object), dtype=h5py.string_dtype())
-    stages.encode(params, layout, progress=False)
+    stages.encode.run(params, layout, progress=False)
     for method in params["train"]["methods"]:
-        stages.train(params, layout, method, 32, progress=False)
-        stages.evaluate(params, layout, method, 32, progress=False)
-        stages.index(params, layout, method, 32)
-    stages.items(params, layout, progress=False)
+        stages.train.run(params, layout, method, 32, progress=False)
+        stages.evaluate.run(params, layout, method, 32, progress=False)
+        stages.index.run(params, layout, method, 32)
+    stages.items.run(params, layout, progress=False)
     (layout.root / "params.yaml").write_text(yaml.safe_dump(params))
     return params, layout, evil_item
 
@@ -77,10 +77,9 @@ def test_the_index_stage_writes_packed_codes_ids_and_the_query_recipe(project):
 def test_label_names_find_items_carrying_them_far_above_chance(project):
     """A text made of a label name finds images with that label: DCMHT's learned codes far above the
     label's share of the items; LSH, which learns no alignment of the two encoders, at chance."""
-    from cmhash.search.service import SearchService
 
     params, layout, evil_item = project
-    service = SearchService(layout.root, params)
+    service = search_service(params, layout)
     names, labels = service.items.label_names, service.items.labels
     chance = float(labels.mean())
     precision = {}
@@ -158,11 +157,10 @@ def test_an_index_of_another_encoder_is_refused(project, tmp_path, capsys):
 def test_the_http_api(project):
     from fastapi.testclient import TestClient
 
-    from cmhash.search.server import create_app
-    from cmhash.search.service import SearchService
+    from cmhash.service.server import create_app
 
     params, layout, evil_item = project
-    client = TestClient(create_app(SearchService(layout.root, params)))
+    client = TestClient(create_app(search_service(params, layout)))
     models = client.get("/api/models").json()
     assert [(m["method"], m["bits"]) for m in models] == [("clipmh", 32), ("dcmht", 32), ("lsh", 32)]
     assert 0 < models[1]["map"]["t2i"]["map_all"] < 1
@@ -373,10 +371,9 @@ def _open_files() -> int:
 
 def test_an_index_is_named_never_a_path_and_the_cache_stays_flat(workspace):
     from cmhash.search.query import SearchError
-    from cmhash.search.service import SearchService
 
     params, layout = workspace
-    service = SearchService(layout.root, params)
+    service = search_service(params, layout)
     first = service.search("dcmht", 32, 3, text="a red square")
     before, loaded = _open_files(), len(service._indexes)
     spellings = [f"{'./' * i}dcmht" for i in range(1, 101)] + [f"dcmht{'/' * i}" for i in range(1, 101)]
@@ -414,10 +411,9 @@ def test_the_pixel_limit_holds_between_once_and_twice_pils_own(workspace):
     import resource
 
     from cmhash.search.query import SearchError
-    from cmhash.search.service import SearchService
 
     params, layout = workspace
-    service = SearchService(layout.root, params)
+    service = search_service(params, layout)
     limit = params["dataset"]["max_image_pixels"]
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     for width, height in ((13000, 10300), (10000, 10000), (100000, 100000)):  # 1.5x, 1.1x and 112x the limit
@@ -508,8 +504,7 @@ def test_crafted_ids_are_refused_even_with_a_matching_checksum(workspace, capsys
 def test_the_server_answers_damage_and_missing_files_as_json(workspace):
     from fastapi.testclient import TestClient
 
-    from cmhash.search.server import create_app
-    from cmhash.search.service import SearchService
+    from cmhash.service.server import create_app
 
     params, layout = workspace
     (layout.index_dir("dcmht", 32) / "images.hidx").write_bytes(b"damaged")
@@ -517,7 +512,7 @@ def test_the_server_answers_damage_and_missing_files_as_json(workspace):
     (layout.items_dir() / "images" / "5.jpg").unlink()
     (layout.items_dir() / "images" / "6.jpg").unlink()
     (layout.items_dir() / "images" / "6.jpg").symlink_to("/etc/passwd")
-    client = TestClient(create_app(SearchService(layout.root, params)), raise_server_exceptions=False)
+    client = TestClient(create_app(search_service(params, layout)), raise_server_exceptions=False)
     models = client.get("/api/models")
     assert models.status_code == 200
     assert [entry.get("error", "") for entry in models.json()][2].startswith(f"{layout.index_dir('lsh', 32) / 'index.json'} is missing or damaged")
@@ -537,10 +532,10 @@ def test_the_server_answers_damage_and_missing_files_as_json(workspace):
 
 def test_batched_answers_equal_one_at_a_time_answers(workspace):
     from cmhash.search.query import SearchError
-    from cmhash.search.service import Request, SearchService
+    from cmhash.service.search_service import Request
 
     params, layout = workspace
-    service = SearchService(layout.root, params)
+    service = search_service(params, layout)
     image = (layout.items_dir() / "images" / "9.jpg").read_bytes()
     requests = [Request("dcmht", 32, k, text=f"a photo of a {shape}") for k, shape in enumerate(
                     ["red square", "blue star", "green circle", "dog", "x" * 500, "sunset on a beach"] * 3, start=1)]

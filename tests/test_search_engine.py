@@ -112,7 +112,7 @@ def test_same_results_as_faiss():
 ])
 def test_multi_index_hashing_equals_the_scan(bits, n, k, substrings, tmp_path):
     """Sub-linear search by multi-index hashing gives exactly the scan's answer, ties in id order."""
-    from cmhash.search import MultiIndexHammingIndex
+    from cmhash.search.multi_index import MultiIndexHammingIndex
 
     rng = np.random.default_rng(bits + n)
     database, queries = _codes(rng, n, bits), _codes(rng, 6, bits)
@@ -131,7 +131,7 @@ def test_multi_index_hashing_equals_the_scan(bits, n, k, substrings, tmp_path):
 
 
 def test_multi_index_substrings_must_fit_a_table():
-    from cmhash.search import MultiIndexHammingIndex
+    from cmhash.search.multi_index import MultiIndexHammingIndex
 
     with pytest.raises(ValueError, match="1 substrings of 64-bit codes are longer than 22 bits; use at least 3"):
         MultiIndexHammingIndex(_codes(np.random.default_rng(8), 100, 64), substrings=1)

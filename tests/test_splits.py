@@ -6,11 +6,11 @@ import h5py
 import numpy as np
 import pytest
 
-from cmhash import stages
 from cmhash.datasets.prepared import PreparedData
 from cmhash.datasets.splits import parse_split
 from cmhash.errors import CmhashError, ValidationFailed
-from cmhash.layout import Layout
+from cmhash.pipeline import stages
+from cmhash.pipeline.layout import Layout
 
 
 def _labels(n=400, c=6, seed=1):
@@ -81,10 +81,10 @@ def test_protocol_is_recorded_and_validate_redraws_it(tmp_path, prepared_tiny):
     path = shutil.copy(prepared, layout.prepared("builtin"))
     with PreparedData(path) as data:
         assert data.split_record == {"protocol": "random", "seed": 0, "sizes": {"query": 20, "train": 60}}
-    assert stages.validate(params, layout)["failed"] == 0
+    assert stages.validate.run(params, layout)["failed"] == 0
     asked = {**params, "dataset": {**params["dataset"], "seed": 1}}  # the file was drawn with seed 0
     with pytest.raises(ValidationFailed, match=r"every item is in the splits that protocol 'random' with seed 1 draws: \d+ bad row"):
-        stages.validate(asked, layout)
+        stages.validate.run(asked, layout)
     with h5py.File(path, "r+") as f:  # move one query item into retrieval and train
         query, retrieval = f["splits/query"][()], f["splits/retrieval"][()]
         moved = query[0]
@@ -92,7 +92,7 @@ def test_protocol_is_recorded_and_validate_redraws_it(tmp_path, prepared_tiny):
         f["splits/query"] = np.append(query[1:], retrieval[0])
         f["splits/retrieval"] = np.sort(np.append(retrieval[1:], moved))
     with pytest.raises(ValidationFailed, match=rf"with seed 0 draws: 2 bad row\(s\), e.g. item {min(moved, retrieval[0])}"):
-        stages.validate(params, layout)
+        stages.validate.run(params, layout)
 
 
 def test_djsrh_protocol_through_prepare_and_validate(tmp_path):
@@ -101,7 +101,7 @@ def test_djsrh_protocol_through_prepare_and_validate(tmp_path):
     params = tiny_params()
     params["dataset"]["split"] = {"protocol": "djsrh", "query_per_label": 1, "train_per_label": 2}
     layout = Layout(tmp_path)
-    with PreparedData(stages.prepare(params, layout, progress=False)) as data:
+    with PreparedData(stages.prepare.run(params, layout, progress=False)) as data:
         assert len(data.splits["query"]) == 26 and len(data.splits["train"]) == 52
-    report = stages.validate(params, layout)
+    report = stages.validate.run(params, layout)
     assert report["failed"] == 0 and report["split"]["protocol"] == "djsrh"

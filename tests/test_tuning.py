@@ -8,11 +8,11 @@ import h5py
 import numpy as np
 import pytest
 
-from cmhash import stages
 from cmhash.checksums import file_md5
-from cmhash.cli import main
 from cmhash.errors import CmhashError
-from cmhash.tuning import carve_validation, parse_grid, tune
+from cmhash.pipeline import stages
+from cmhash.pipeline.cli import main
+from cmhash.pipeline.tuning import carve_validation, parse_grid, tune
 
 
 def test_grid_values_keep_their_types():
@@ -40,7 +40,7 @@ def test_validation_is_a_seeded_partition_of_the_training_rows():
 @pytest.fixture
 def encoded(project):
     params, layout = project
-    stages.encode(params, layout, progress=False)
+    stages.encode.run(params, layout, progress=False)
     return params, layout
 
 
@@ -103,7 +103,7 @@ def test_fine_tuning_cannot_be_tuned_on_features(encoded):
 
 
 def test_an_interrupted_grid_keeps_its_finished_runs_and_resume_reuses_them(encoded, monkeypatch):
-    from cmhash import tuning
+    from cmhash.pipeline import tuning
 
     params, layout = encoded
     grid = {"iterations": [1, 5, 20]}

@@ -4,8 +4,8 @@ import h5py
 import numpy as np
 import pytest
 
-from cmhash import stages
 from cmhash.errors import ValidationFailed
+from cmhash.pipeline import stages
 
 
 def _corrupt(path, edit):
@@ -92,7 +92,7 @@ def test_corruption_fails_with_named_expectation(project, corrupt, expectation, 
     path = layout.prepared("builtin")
     _corrupt(path, corrupt)
     with pytest.raises(ValidationFailed) as info:
-        stages.validate(params, layout)
+        stages.validate.run(params, layout)
     message = str(info.value)
     assert expectation in message and offender in message
     assert str(path) in message
@@ -102,14 +102,14 @@ def test_corruption_fails_with_named_expectation(project, corrupt, expectation, 
 
 def test_clean_file_passes(project):
     params, layout = project
-    report = stages.validate(params, layout)
+    report = stages.validate.run(params, layout)
     assert report["success"] and report["failed"] == 0 and report["evaluated"] >= 20
 
 
 def test_cli_exits_nonzero_before_training(project, capsys):
     import yaml
 
-    from cmhash.cli import main
+    from cmhash.pipeline.cli import main
 
     params, layout = project
     _corrupt(layout.prepared("builtin"), _set_label_row_zero)
@@ -123,7 +123,7 @@ def test_label_names_are_printed_escaped(project, capsys):
     """A label name from users' data that holds an ANSI escape sequence is shown, not obeyed."""
     import yaml
 
-    from cmhash.cli import main
+    from cmhash.pipeline.cli import main
 
     params, layout = project
 

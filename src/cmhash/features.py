@@ -1,4 +1,4 @@
-"""The features file the encode stage writes (:mod:`cmhash.encoding` writes it): features of every
+"""The features file the encode stage writes (:mod:`cmhash.encoders.dataset` writes it): features of every
 item in both modalities, in one HDF5 file per dataset.
 
 Layout: ``images`` (N, d_image) and ``texts`` (N, d_text) float32, each row L2-normalised; an item

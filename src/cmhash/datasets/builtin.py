@@ -28,7 +28,7 @@ from pydantic import Field
 from tqdm import tqdm
 
 from cmhash.datasets.source import SourceData
-from cmhash.params import Section
+from cmhash.settings import Section
 
 SHAPES = {
     "circle": ["circle", "disc", "round dot", "ball"],

@@ -26,7 +26,7 @@ import numpy as np
 
 from cmhash.datasets.source import SourceData, check_pixels, multi_hot, quiet_about_bombs, source_root, too_many_pixels
 from cmhash.errors import CmhashError
-from cmhash.params import Section
+from cmhash.settings import Section
 
 PAIRS_FILES = ("pairs.jsonl", "pairs.csv")
 

@@ -27,7 +27,7 @@ import numpy as np
 from cmhash.datasets.matfile import MatPixels, read_array, read_strings
 from cmhash.datasets.source import SourceData, source_root
 from cmhash.errors import CmhashError
-from cmhash.params import Section
+from cmhash.settings import Section
 
 
 class Options(Section):

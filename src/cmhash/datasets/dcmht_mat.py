@@ -25,7 +25,7 @@ from cmhash.datasets.dcmh_mat import label_names, read_labels
 from cmhash.datasets.matfile import pick_variable, read_strings
 from cmhash.datasets.source import SourceData, check_images_exist, source_root
 from cmhash.errors import CmhashError
-from cmhash.params import Section
+from cmhash.settings import Section
 
 
 class Options(Section):

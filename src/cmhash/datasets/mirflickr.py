@@ -26,7 +26,7 @@ from pydantic import Field
 
 from cmhash.datasets.source import SourceData, source_root
 from cmhash.errors import CmhashError
-from cmhash.params import Section
+from cmhash.settings import Section
 
 IMAGES = "mirflickr"
 TAGS = "mirflickr/meta/tags"

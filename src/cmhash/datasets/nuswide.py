@@ -30,7 +30,7 @@ from tqdm import tqdm
 
 from cmhash.datasets.source import SourceData, check_images_exist, source_root
 from cmhash.errors import CmhashError
-from cmhash.params import Section
+from cmhash.settings import Section
 
 IMAGE_LIST = "ImageList/Imagelist.txt"
 LABELS = "Groundtruth/AllLabels"

@@ -5,7 +5,7 @@ Each source is one module of :mod:`cmhash.datasets` with two functions::
     build(dataset: dict, progress: bool) -> SourceData      # read the user's files
     expected(dataset: dict, summary: dict) -> dict[str, int]  # what validate checks for this source
 
-``dataset`` is the ``dataset`` section of params.yaml as :func:`cmhash.params.load_params` checked
+``dataset`` is the ``dataset`` section of params.yaml as :func:`cmhash.pipeline.params.load_params` checked
 and completed it; a source's own options sit under ``dataset.<name>``, and the module declares
 them, with their defaults, as a schema class ``Options``. ``expected`` may return ``labels`` (label count), ``items`` (pairs) and
 ``vocabulary`` (bag-of-words width) where the source defines them.

@@ -14,8 +14,8 @@ import numpy as np
 
 from cmhash.device import resolve_device
 from cmhash.encoders import Encoder
+from cmhash.encoders.towers import autocast
 from cmhash.errors import CmhashError
-from cmhash.finetune import autocast
 
 
 class OpenClipEncoder(Encoder):

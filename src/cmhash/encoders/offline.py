@@ -16,7 +16,7 @@ import numpy as np
 
 from cmhash.device import resolve_device
 from cmhash.encoders import Encoder, ImageSize
-from cmhash.finetune import autocast
+from cmhash.encoders.towers import autocast
 
 IMAGE_MEAN = 0.5  # EfficientNet-Lite normalises inputs with mean 0.5 / std 0.5
 IMAGE_STD = 0.5

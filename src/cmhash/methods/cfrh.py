@@ -56,7 +56,7 @@ def reconstruction_loss(decoded, target):
 class CFRH(NetworkHash):
     def __init__(self, bits: int, seed: int = 0, device: str = "auto", a: Weight = 0.4, b: Weight = 0.3, c: Weight = 0.3,
                  eta: Share = 0.4, mu: Weight = 1.5, lambda1: Weight = 0.1, lambda2: Weight = 0.1, gamma: Weight = 0.1,
-                 hidden: Width = 1024, epochs: Epochs = 80, batch_size: BatchSize = 32, lr: LearningRate = 1e-3, progress: bool = True):
+                 hidden: Width = 1024, epochs: Epochs = 40, batch_size: BatchSize = 32, lr: LearningRate = 1e-3, progress: bool = True):
         super().__init__(bits, seed, device, epochs, batch_size, progress)
         self.affinity_settings = dict(a=a, b=b, c=c, eta=eta, mu=mu)
         self.lambda1, self.lambda2, self.gamma, self.hidden, self.lr = lambda1, lambda2, gamma, int(hidden), lr

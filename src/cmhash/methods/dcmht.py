@@ -44,8 +44,8 @@ from typing import Literal
 import numpy as np
 from tqdm import tqdm
 
+from cmhash.encoders.towers import autocast, prefetched
 from cmhash.errors import CmhashError
-from cmhash.finetune import autocast, prefetched, warmup_cosine
 from cmhash.methods import BatchSize, Epochs, LearningRate, Share, Threshold, Weight, Width, to_codes
 from cmhash.methods.network import NetworkHash, label_similarity, minibatches
 
@@ -84,8 +84,8 @@ def quantization_loss(probs):
 class DCMHT(NetworkHash):
     supervised = True
 
-    def __init__(self, bits: int, seed: int = 0, device: str = "auto", vartheta: Threshold = 0.75, hidden: Width = 128,
-                 quantization: Weight = 0.0, epochs: Epochs = 100, batch_size: BatchSize = 128, lr: LearningRate = 1e-3,
+    def __init__(self, bits: int, seed: int = 0, device: str = "auto", vartheta: Threshold = 0.75, hidden: Width = 512,
+                 quantization: Weight = 0.0, epochs: Epochs = 100, batch_size: BatchSize = 128, lr: LearningRate = 3e-3,
                  weight_decay: Weight = 0.2, mode: Mode = "frozen", clip_lr: LearningRate = 1e-5, warmup: Share = 0.1,
                  grad_clip: Weight = 1.0, max_words: Width = 32, progress: bool = True):
         super().__init__(bits, seed, device, epochs, batch_size, progress)
@@ -238,3 +238,17 @@ class DCMHT(NetworkHash):
             towers = OpenClipEncoder.from_spec(state["towers"]["spec"], device=self.device)
             towers.model.load_state_dict(state["towers"]["weights"])
             self._attach_towers(towers)
+
+
+def warmup_cosine(total_steps: int, warmup: float):
+    """The learning-rate factor at each step: linear from 0 to 1 over the first ``warmup`` share of
+    the steps, then a cosine decay to 0 (DCMHT's schedule)."""
+    warmup_steps = max(1, int(round(warmup * total_steps)))
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+    return factor

@@ -57,8 +57,8 @@ def jdsh_loss(image_codes, text_codes, affinity, intra: float):
 class JDSH(NetworkHash):
     def __init__(self, bits: int, seed: int = 0, device: str = "auto", a: Weight = 0.5, b: Weight = 0.1,
                  high: Threshold = 0.4, mu: Weight = 1.4, left: Threshold = -0.52, right: Threshold = 0.68,
-                 left_weight: Weight = 0.1, right_weight: Weight = 0.2, intra: Weight = 0.1, hidden: Width = 4096,
-                 epochs: Epochs = 80, batch_size: BatchSize = 32, lr: LearningRate = 0.01, momentum: Weight = 0.9,
+                 left_weight: Weight = 0.1, right_weight: Weight = 0.2, intra: Weight = 0.1, hidden: Width = 1024,
+                 epochs: Epochs = 40, batch_size: BatchSize = 32, lr: LearningRate = 0.01, momentum: Weight = 0.9,
                  weight_decay: Weight = 5e-4, progress: bool = True):
         super().__init__(bits, seed, device, epochs, batch_size, progress)
         self.affinity_settings = dict(a=a, b=b, high=high, mu=mu, left=left, right=right,

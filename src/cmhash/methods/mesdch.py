@@ -57,8 +57,8 @@ class MESDCH(NetworkHash):
     supervised = True
 
     def __init__(self, bits: int, seed: int = 0, device: str = "auto", alpha: Weight = 0.3, beta: Weight = 1.9,
-                 gamma: Weight = 0.9, hidden: Width = 4096, epochs: Epochs = 50, batch_size: BatchSize = 128,
-                 lr: LearningRate = 10 ** -1.5, lr_final: Weight = 1e-6, progress: bool = True):
+                 gamma: Weight = 0.9, hidden: Width = 1024, epochs: Epochs = 120, batch_size: BatchSize = 128,
+                 lr: LearningRate = 0.0316, lr_final: Weight = 1e-6, progress: bool = True):
         super().__init__(bits, seed, device, epochs, batch_size, progress)
         self.alpha, self.beta, self.gamma, self.hidden = alpha, beta, gamma, int(hidden)
         self.lr, self.lr_final = lr, lr_final

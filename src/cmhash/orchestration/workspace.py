@@ -187,8 +187,8 @@ def params_for_run(root: str | Path, params_path: str = "params.yaml", overrides
     the run wrote: a file edited meanwhile is left alone, with a message naming the copy from
     before. ``run`` names the run in the record."""
     from cmhash.atomic import write_bytes, write_json
-    from cmhash.params import validate_params
-    from cmhash.params_file import apply_overrides, parse_overrides, read_yaml_file, read_yaml_text
+    from cmhash.pipeline.params import validate_params
+    from cmhash.pipeline.params_file import apply_overrides, parse_overrides, read_yaml_file, read_yaml_text
 
     root = Path(root)
     path, relative = _parameter_file(root, params_path)

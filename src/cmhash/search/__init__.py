@@ -1,7 +1,7 @@
-"""Search with the codes: an exact Hamming top-k engine (:class:`HammingIndex`), the index files the
-``index`` stage writes, and the ``cmhash search`` / ``cmhash serve`` front ends (docs/search.md)."""
+"""Search with the codes: an exact Hamming top-k engine (:class:`HammingIndex`) and the index files
+the ``index`` stage writes. The service that answers queries over them is :mod:`cmhash.service`;
+the multi-index variant, which no stage uses, is :mod:`cmhash.search.multi_index`."""
 
 from cmhash.search.engine import HammingIndex
-from cmhash.search.multi_index import MultiIndexHammingIndex
 
-__all__ = ["HammingIndex", "MultiIndexHammingIndex"]
+__all__ = ["HammingIndex"]

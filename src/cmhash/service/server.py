@@ -1,7 +1,7 @@
 """``cmhash serve``: the search API and its web page (FastAPI and uvicorn, installed with Prefect).
 
     GET  /                          the page (one file, no CDN: works offline)
-    GET  /api/models                the indexes, with their mAP@all and mAP@50
+    GET  /api/models                the indexes, with their mAP@all and mAP@k (evaluate.map_ks)
     GET  /api/search?method=&bits=&k=&text=
     POST /api/search?method=&bits=&k=[&text=]   the body is the image file (fused methods: text too)
     GET  /api/items/{id}            an item's captions, labels and image path
@@ -10,14 +10,13 @@
 
 Every error, from any route (an unknown one too), is JSON ``{"error": message}`` with a 4xx or 5xx
 status; none is a traceback or plain text. Concurrent searches are answered in batches
-(:mod:`cmhash.search.batching`). The interactive API pages (Swagger UI) are not served: they load
+(:mod:`cmhash.service.batching`). The interactive API pages (Swagger UI) are not served: they load
 their scripts from a CDN, so they would be blank offline; the OpenAPI document is served instead.
 (FastAPI resolves the handlers' annotations at import, hence no ``from __future__ import
 annotations`` here.)
 """
 
 from importlib import resources
-from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Query, Request
@@ -29,10 +28,10 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
 from cmhash.codes import MAX_BITS
-from cmhash.search.batching import Batcher
 from cmhash.search.query import SearchError
-from cmhash.search.service import MAX_K, MAX_TEXT_CHARS, MAX_UPLOAD_BYTES, SearchService
-from cmhash.search.service import Request as SearchRequest
+from cmhash.service.batching import Batcher
+from cmhash.service.search_service import MAX_K, MAX_TEXT_CHARS, MAX_UPLOAD_BYTES, SearchService
+from cmhash.service.search_service import Request as SearchRequest
 
 # The page loads nothing from elsewhere; the browser is told so, too.
 CONTENT_SECURITY_POLICY = ("default-src 'self'; img-src 'self' blob:; style-src 'self' 'unsafe-inline'; "
@@ -102,7 +101,7 @@ def _error(message: str, status: int, headers: dict[str, str] | None = None) -> 
 
 def create_app(service: SearchService) -> FastAPI:
     app = FastAPI(title="cmhash search", docs_url=None, redoc_url=None, openapi_url="/api/openapi.json")
-    page = resources.files("cmhash.search").joinpath("page.html").read_text(encoding="utf-8")
+    page = resources.files("cmhash.service").joinpath("page.html").read_text(encoding="utf-8")
     batcher = Batcher(service)
 
     @app.exception_handler(SearchError)
@@ -177,9 +176,8 @@ def create_app(service: SearchService) -> FastAPI:
     return app
 
 
-def serve(root: str | Path, params: dict[str, Any], host: str = "127.0.0.1", port: int = 8000) -> None:
+def serve(service: SearchService, host: str = "127.0.0.1", port: int = 8000) -> None:
     import uvicorn
 
-    service = SearchService(root, params)
     print(f"cmhash search on http://{host}:{port}/ ({len(service.available())} indexes); Ctrl+C stops it")
     uvicorn.run(create_app(service), host=host, port=port, log_level="warning")

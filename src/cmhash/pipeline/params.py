@@ -12,64 +12,30 @@ from __future__ import annotations
 
 import difflib
 import functools
-import inspect
 import typing
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator
+from pydantic import BaseModel, Field, ValidationError, create_model, field_validator
 
 from cmhash.errors import CmhashError, quote
-from cmhash.params_file import read_yaml_file
-
-
-class Section(BaseModel):
-    """A mapping of params.yaml: no unknown keys, no type coercion (``'0.001'`` is not a number),
-    no NaN or infinity."""
-
-    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False, protected_namespaces=(),
-                              populate_by_name=True)
-
-
-Seed = Annotated[int, Field(ge=0, le=2**32 - 1)]        # what numpy's and torch's generators take everywhere
-Count = Annotated[int, Field(ge=1, le=1_000_000_000)]   # items, ks, ranks: far above any dataset here
-Device = Annotated[str, Field(pattern=r"^(auto|cpu|cuda(:\d+)?)$")]
-
-
-# ---- settings taken from a class signature (encoders, hashing methods)
-
-_SIGNATURE_ONLY = {"self", "bits", "seed", "device", "progress"}  # given by the stage, not by params.yaml
-
-
-def settings_model(cls: type, name: str, partial: bool = False) -> type[Section]:
-    """A schema of the keyword settings of ``cls``'s constructor: types and ranges from its
-    annotations (``epochs: Epochs = 40``), defaults from its signature; ``partial``: every setting
-    optional, no defaults filled in."""
-    hints = typing.get_type_hints(cls.__init__, include_extras=True)
-    fields: dict[str, Any] = {}
-    for parameter in inspect.signature(cls.__init__).parameters.values():
-        if parameter.name in _SIGNATURE_ONLY:
-            continue
-        constraint: dict[str, Any] = {}
-        kind = hints.get(parameter.name, Any)
-        # pydantic keeps the name model_config for itself: such a setting gets another name in
-        # Python and keeps its own in params.yaml (the alias)
-        field_name = f"{parameter.name}_" if parameter.name == "model_config" else parameter.name
-        constraint["alias"] = parameter.name
-        if partial:
-            fields[field_name] = (kind | None, Field(None, **constraint))
-        else:
-            fields[field_name] = (kind, Field(parameter.default, **constraint))
-    return create_model(name, __base__=Section, **fields)
+from cmhash.pipeline.params_file import read_yaml_file
+from cmhash.settings import Count, Device, Section, Seed, settings_model
 
 
 @functools.cache
-def _method_models(partial: bool) -> dict[str, type[Section]]:
+def _method_model(name: str, partial: bool) -> type[Section]:
+    """The schema of one method's settings (``partial``: of its per-dataset overrides). Built from
+    that method's class alone, so checking one method's settings imports that method only."""
     from cmhash.methods import method_class
+
+    return settings_model(method_class(name), f"{name}{'Override' if partial else 'Settings'}", partial)
+
+
+def _method_models(partial: bool) -> dict[str, type[Section]]:
     from cmhash.methods.registry import METHODS
 
-    return {name: settings_model(method_class(name), f"{name}{'Override' if partial else 'Settings'}", partial)
-            for name in METHODS}
+    return {name: _method_model(name, partial) for name in METHODS}
 
 
 SECTIONS = ("dataset", "encode", "train", "methods", "dataset_overrides", "evaluate")
@@ -251,7 +217,23 @@ def load_params(path: str | Path = "params.yaml", sections: tuple[str, ...] = SE
 
 
 def method_params(params: dict[str, Any], method: str) -> dict[str, Any]:
-    """The settings of one hashing method: ``methods.<name>``, with the entry
-    ``dataset_overrides.<dataset.name>.<name>`` (the papers' per-dataset values) merged over it."""
-    overrides = (params["dataset_overrides"].get(params["dataset"]["name"]) or {}).get(method) or {}
-    return {**params["methods"][method], **{key: value for key, value in overrides.items() if value is not None}}
+    """The checked settings of one hashing method: ``methods.<name>`` completed with the defaults of
+    its class, with the entry ``dataset_overrides.<dataset.name>.<name>`` (the papers' per-dataset
+    values) merged over it. Only this method's schema is used, so a train stage imports its own
+    method only; ``params`` may have been loaded without the methods' sections (they are checked
+    here) or with them (checking again changes nothing)."""
+    dataset = params["dataset"]["name"]
+    settings, overrides = _method_model(method, False), _method_model(method, True)
+    one_method = create_model("OneMethod", __base__=Section, methods=(
+        create_model("Methods", __base__=Section, **{method: (settings, settings())}), ...), dataset_overrides=(
+        create_model("DatasetOverrides", __base__=Section, **{dataset: (create_model(
+            "MethodOverrides", __base__=Section, **{method: (overrides | None, None)}) | None, None)}), ...))
+    raw = {"methods": {method: ((params.get("methods") or {}).get(method) or {})},
+           "dataset_overrides": {dataset: {method: ((params.get("dataset_overrides") or {}).get(dataset) or {}).get(method)}}}
+    try:
+        checked = one_method.model_validate(raw)
+    except ValidationError as err:
+        raise CmhashError(f"params.yaml: {_describe(err.errors()[0], one_method)}") from None
+    base = getattr(checked.methods, method).model_dump(by_alias=True)
+    override = getattr(getattr(checked.dataset_overrides, dataset), method)
+    return {**base, **(override.model_dump(by_alias=True, exclude_none=True) if override else {})}

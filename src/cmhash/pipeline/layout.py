@@ -29,15 +29,22 @@ class Layout:
     def model_dir(self, method: str, bits: int) -> Path:
         return self.root / "data" / "models" / f"{method}-{bits}"
 
+    def index_root(self) -> Path:
+        """The items catalog and every search index (what ``cmhash serve`` serves)."""
+        return self.root / "data" / "index"
+
     def items_dir(self) -> Path:
         """The items catalog that search results show (captions, labels, thumbnails)."""
-        return self.root / "data" / "index" / "items"
+        return self.index_root() / "items"
 
     def index_dir(self, method: str, bits: int) -> Path:
-        return self.root / "data" / "index" / f"{method}-{bits}"
+        return self.index_root() / f"{method}-{bits}"
+
+    def metrics_root(self) -> Path:
+        return self.root / "metrics"
 
     def metrics(self, method: str, bits: int) -> Path:
-        return self.root / "metrics" / f"{method}-{bits}.json"
+        return self.metrics_root() / f"{method}-{bits}.json"
 
     def plots_dir(self, method: str, bits: int) -> Path:
         return self.root / "plots" / f"{method}-{bits}"

@@ -12,7 +12,7 @@ import json
 from typing import Any
 
 from cmhash.errors import CmhashError
-from cmhash.layout import Layout
+from cmhash.pipeline.layout import Layout
 
 DIRECTION_NAMES = {"i2t": "I→T", "t2i": "T→I", "p2p": "pair→pair"}
 

@@ -4,7 +4,7 @@ Encoding one text costs nearly as much as encoding twenty (the encoder's fixed c
 dominates on a CPU), so the server does not encode each request on its own. Requests wait in a
 queue; one batch at a time is taken from it (whatever is there, and what arrives within a short
 window after the first, up to ``max_batch``) and answered with one call of
-:meth:`~cmhash.search.service.SearchService.search_many` in a worker thread, each request getting
+:meth:`~cmhash.service.search_service.SearchService.search_many` in a worker thread, each request getting
 its own answer or error. While a batch is being answered the next one gathers, so under load the
 batches grow by themselves, and a lone request waits only the window. Batches are answered in one
 thread of their own: spread over a pool's threads, each with its own malloc arena, the server's
@@ -17,7 +17,7 @@ import asyncio
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from cmhash.search.service import Request, SearchService
+from cmhash.service.search_service import Request, SearchService
 
 WINDOW_SECONDS = 0.002
 MAX_BATCH = 64

@@ -1,11 +1,8 @@
-"""The machinery of running a CLIP model's towers well: fp16 autocast on CUDA, the learning-rate
-schedule of fine-tuning, and preparing the next batch while this one runs. DCMHT's fine-tuning and
-the open_clip encoder share it.
+"""Running an encoder's towers well: fp16 autocast on CUDA, and preparing the next batch while this
+one runs. The encoders, encoding a dataset and DCMHT's fine-tuning share it.
 """
 
 from __future__ import annotations
-
-import math
 
 
 def autocast(device: str):
@@ -38,17 +35,3 @@ def prefetched(batches: list, prepare, workers: int = 1):
         while pending:
             done, future = pending.popleft()
             yield done, future.result()
-
-
-def warmup_cosine(total_steps: int, warmup: float):
-    """The learning-rate factor at each step: linear from 0 to 1 over the first ``warmup`` share of
-    the steps, then a cosine decay to 0 (DCMHT's schedule)."""
-    warmup_steps = max(1, int(round(warmup * total_steps)))
-
-    def factor(step: int) -> float:
-        if step < warmup_steps:
-            return (step + 1) / warmup_steps
-        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
-        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-
-    return factor

@@ -41,9 +41,9 @@ from cmhash.atomic import atomic_path
 from cmhash.checksums import file_md5
 from cmhash.datasets.prepared import PreparedData
 from cmhash.encoders.batch_size import resolve_batch_size
+from cmhash.encoders.towers import prefetched
 from cmhash.errors import CmhashError
 from cmhash.features import normalise_rows, text_source
-from cmhash.finetune import prefetched
 
 if TYPE_CHECKING:
     from cmhash.encoders import Encoder

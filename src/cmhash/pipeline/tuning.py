@@ -4,7 +4,7 @@
 training split, fits every combination of the grid on the rest of the training items, and scores
 each combination by mAP@all of the validation items (as queries) against the items it was fitted
 on (as the database), in both directions (pair-to-pair for fused codes); combinations are ranked by
-the mean mAP@all over the directions, and mAP@50 is reported beside it. The query and retrieval
+the mean mAP@all over the directions, and mAP@k (each k of ``evaluate.map_ks``) is reported beside it. The query and retrieval
 splits are never read, so a setting chosen here can be put in params.yaml without biasing the
 numbers that `dvc repro` reports. The split is seeded (``train.seed``), so reruns agree.
 
@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from cmhash.errors import CmhashError
-from cmhash.params_file import read_yaml_text
+from cmhash.pipeline.params_file import read_yaml_text
 
 DEFAULT_VALIDATION_SHARE = 0.2
 
@@ -67,7 +67,7 @@ def tune(params: dict[str, Any], layout, method: str, bits: int, grid: dict[str,
     from cmhash.datasets.prepared import PreparedData
     from cmhash.features import check_made_from, read_features
     from cmhash.methods import build_method, method_class
-    from cmhash.params import method_params
+    from cmhash.pipeline.params import method_params
 
     method_class(method)  # an unknown method fails here, before any data is read
     name = params["dataset"]["name"]
@@ -86,7 +86,8 @@ def tune(params: dict[str, Any], layout, method: str, bits: int, grid: dict[str,
     out = layout.tune_report(method, bits)
     result = {"method": method, "bits": bits, "dataset": name, "seed": seed, "validation_share": share,
               "features": features.fingerprint, "fit_items": int(len(fit_rows)),
-              "validation_items": int(len(validation_rows)), "base_settings": base, "grid": grid, "runs": []}
+              "validation_items": int(len(validation_rows)), "base_settings": base, "grid": grid,
+              "map_ks": list(params["evaluate"]["map_ks"]), "runs": []}
     finished = _finished_runs(out.with_suffix(".json"), result) if resume else {}
     for number, changes in enumerate(combinations, 1):
         run = finished.get(_key(changes))
@@ -95,25 +96,25 @@ def tune(params: dict[str, Any], layout, method: str, bits: int, grid: dict[str,
                 + (" (kept from the earlier run)" if run else ""))
         if run is None:
             model = build_method(method, bits, {**base, **changes}, seed, params["train"]["device"], progress=progress)
-            run = {"settings": changes, **_fit_and_score(model, features, labels, fit_rows, validation_rows)}
+            run = {"settings": changes, **_fit_and_score(model, features, labels, fit_rows, validation_rows, result["map_ks"])}
         result["runs"].append(run)
         result["runs"].sort(key=lambda run: -run["mean_map_all"])  # best first; stable, so ties keep the grid's order
         _write(out, result)
     return result
 
 
-def _fit_and_score(model, features, labels, fit_rows, validation_rows) -> dict[str, Any]:
-    """Fit on ``fit_rows``; mAP@all and mAP@50 of the validation items against the fitted items."""
+def _fit_and_score(model, features, labels, fit_rows, validation_rows, map_ks: list[int]) -> dict[str, Any]:
+    """Fit on ``fit_rows``; mAP@all and mAP@k (each of ``map_ks``) of the validation items against
+    the fitted items."""
     from cmhash.codes import retrieval_directions
+    from cmhash.methods.fitting import fit_on_features
     from cmhash.metrics import evaluate_retrieval
-    from cmhash.training import fit_on_features
 
     codes, seconds = fit_on_features(model, features, {"train": fit_rows, "query": validation_rows, "retrieval": fit_rows}, labels)
     directions = retrieval_directions(codes["query"], codes["retrieval"])
-    scores = {direction: evaluate_retrieval(query, database, labels[validation_rows], labels[fit_rows], map_ks=(50,)).scores
+    scores = {direction: evaluate_retrieval(query, database, labels[validation_rows], labels[fit_rows], map_ks=map_ks).scores
               for direction, (query, database) in directions.items()}
-    return {"map_all": {direction: score["map_all"] for direction, score in scores.items()},
-            "map_50": {direction: score["map_50"] for direction, score in scores.items()},
+    return {**{key: {direction: score[key] for direction, score in scores.items()} for key in _keys(map_ks)},
             "mean_map_all": round(float(np.mean([score["map_all"] for score in scores.values()])), 6),
             "fit_seconds": round(seconds, 2)}
 
@@ -136,10 +137,15 @@ def _finished_runs(path, result: dict[str, Any]) -> dict[str, dict[str, Any]]:
         earlier = json.loads(path.read_text())
     except (OSError, ValueError):
         return {}
-    identity = ("method", "bits", "dataset", "seed", "validation_share", "features", "base_settings")
+    identity = ("method", "bits", "dataset", "seed", "validation_share", "features", "base_settings", "map_ks")
     if any(earlier.get(field) != result[field] for field in identity):
         return {}
     return {_key(run["settings"]): run for run in earlier.get("runs", [])}
+
+
+def _keys(map_ks: list[int]) -> list[str]:
+    """The scores of a run: mAP@all and mAP@k for each k of ``evaluate.map_ks``."""
+    return ["map_all", *(f"map_{k}" for k in map_ks)]
 
 
 def _describe(changes: dict[str, Any]) -> str:
@@ -149,6 +155,7 @@ def _describe(changes: dict[str, Any]) -> str:
 def render_table(result: dict[str, Any]) -> str:
     """The tuning results as Markdown, best combination first."""
     directions = list(result["runs"][0]["map_all"])
+    at_k = _keys(result["map_ks"])[1:]
     lines = [
         f"# Tuning {result['method']} at {result['bits']} bits on `{result['dataset']}`",
         "",
@@ -157,11 +164,11 @@ def render_table(result: dict[str, Any]) -> str:
         "The query and retrieval splits were not used.",
         "",
         "| settings | " + " | ".join(f"mAP@all {d}" for d in directions) + " | mean mAP@all | "
-        + " | ".join(f"mAP@50 {d}" for d in directions) + " | fit seconds |",
-        "|---|" + "---|" * (2 * len(directions) + 2),
+        + "".join(f"mAP@{key.removeprefix('map_')} {d} | " for key in at_k for d in directions) + "fit seconds |",
+        "|---|" + "---|" * ((1 + len(at_k)) * len(directions) + 2),
     ]
     for run in result["runs"]:
         cells = [f"{run['map_all'][d]:.4f}" for d in directions] + [f"{run['mean_map_all']:.4f}"]
-        cells += [f"{run['map_50'][d]:.4f}" for d in directions]
+        cells += [f"{run[key][d]:.4f}" for key in at_k for d in directions]
         lines.append(f"| {_describe(run['settings'])} | " + " | ".join(cells) + f" | {run['fit_seconds']} |")
     return "\n".join(lines)

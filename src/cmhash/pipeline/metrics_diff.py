@@ -15,6 +15,8 @@ the workspace.
   ``dataset`` key that applies to the dataset in use, every ``evaluate`` key but the device): a
   600-item smoke run is not a regression of the 6,000-item results. For versions that are not, the
   table still shows the numbers, names the differing keys, and marks no regression.
+- The columns are mAP@all and mAP@k for every k of the version's ``evaluate.map_ks`` (the cells the
+  evaluation computes): a metrics file that lacks one of them is unreadable.
 """
 
 from __future__ import annotations
@@ -28,13 +30,22 @@ from pathlib import Path
 from typing import Any
 
 from cmhash.errors import CmhashError, quote
-from cmhash.report import DIRECTION_NAMES
+from cmhash.pipeline.report import DIRECTION_NAMES
 
-COLUMNS = {"map_all": "mAP@all", "map_50": "mAP@50"}
 _METRICS_FILE = re.compile(r"^metrics/(?P<method>[^/]+)-(?P<bits>\d+)\.json$")
 WORKSPACE = "workspace"
 
 Cell = tuple[str, int, str]  # method, bits, direction
+
+
+def metric_columns(map_ks: Any) -> dict[str, str]:
+    """{key in the metrics files: title} of mAP@all and mAP@k for each k of ``evaluate.map_ks``
+    (the schema's default list when a version's params.yaml does not set a usable one)."""
+    if not (isinstance(map_ks, list) and all(type(k) is int and k > 0 for k in map_ks)):
+        from cmhash.metrics.report import DEFAULT_MAP_KS
+
+        map_ks = list(DEFAULT_MAP_KS)
+    return {"map_all": "mAP@all", **{f"map_{k}": f"mAP@{k}" for k in map_ks}}
 
 
 def check_threshold(value: Any, name: str = "regression_threshold") -> float:
@@ -103,7 +114,7 @@ def _metrics_files_at(root: Path, version: Version) -> list[str]:
 def params_at(root: str | Path, version: Version) -> dict[str, Any]:
     """The raw ``params.yaml`` of ``version`` (empty when it has none or it is unreadable: an old
     version need not satisfy today's schema)."""
-    from cmhash.params_file import read_yaml_text
+    from cmhash.pipeline.params_file import read_yaml_text
 
     data = read_at(root, version, "params.yaml")
     try:
@@ -151,6 +162,7 @@ class VersionMetrics:
     cells: dict[Cell, dict[str, float]] = field(default_factory=dict)
     unreadable: dict[tuple[str, int], str] = field(default_factory=dict)
     settings: dict[str, Any] = field(default_factory=dict)
+    columns: dict[str, str] = field(default_factory=lambda: metric_columns(None))
 
 
 def metrics_at(root: str | Path, name: str) -> VersionMetrics:
@@ -158,7 +170,8 @@ def metrics_at(root: str | Path, name: str) -> VersionMetrics:
     root = Path(root)
     version = resolve_version(root, name)
     params = params_at(root, version)
-    result = VersionMetrics(name, settings=comparison_settings(params))
+    evaluate = params.get("evaluate") if isinstance(params.get("evaluate"), dict) else {}
+    result = VersionMetrics(name, settings=comparison_settings(params), columns=metric_columns(evaluate.get("map_ks")))
     present = _metrics_files_at(root, version)
     files = {(match["method"], int(match["bits"])): path for path in present if (match := _METRICS_FILE.match(path))}
     train = params.get("train") if isinstance(params.get("train"), dict) else {}
@@ -166,7 +179,7 @@ def metrics_at(root: str | Path, name: str) -> VersionMetrics:
                 if isinstance(method, str) and isinstance(bits, int)] if present else []
     for method, bits in sorted(set(files) | set(declared)):
         path = files.get((method, bits), f"metrics/{method}-{bits}.json")
-        problem, scores = _read_scores(read_at(root, version, path))
+        problem, scores = _read_scores(read_at(root, version, path), result.columns)
         if problem:
             result.unreadable[method, bits] = f"{path} at {name}: {problem}"
             continue
@@ -175,8 +188,8 @@ def metrics_at(root: str | Path, name: str) -> VersionMetrics:
     return result
 
 
-def _read_scores(data: bytes | None) -> tuple[str | None, dict[str, dict[str, float]]]:
-    """(why the file cannot be used, or None; its scores by direction)."""
+def _read_scores(data: bytes | None, columns: dict[str, str]) -> tuple[str | None, dict[str, dict[str, float]]]:
+    """(why the file cannot be used, or None; its scores of ``columns`` by direction)."""
     if data is None:
         return "missing", {}
     try:
@@ -189,13 +202,15 @@ def _read_scores(data: bytes | None) -> tuple[str | None, dict[str, dict[str, fl
     for direction, values in content.items():
         if direction == "warnings":
             continue
-        if not isinstance(values, dict) or "map_all" not in values:
-            return f"{quote(direction, 30)} holds no map_all", {}
-        for key in COLUMNS:
-            value = values.get(key)
-            if key in values and (isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)):
+        if not isinstance(values, dict):
+            return f"{quote(direction, 30)} holds no scores", {}
+        for key in columns:
+            if key not in values:
+                return f"{quote(direction, 30)} holds no {key} (evaluate.map_ks asks for it)", {}
+            value = values[key]
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
                 return f"{direction}.{key} is {quote(value, 30)}, not a number", {}
-        scores[direction] = {key: float(values[key]) for key in COLUMNS if key in values}
+        scores[direction] = {key: float(values[key]) for key in columns}
     return None, scores
 
 
@@ -228,6 +243,7 @@ class Diff:
     threshold: float
     rows: list[DiffRow]
     not_comparable: list[str]   # the differing data and evaluation settings; empty: comparable
+    columns: dict[str, str] = field(default_factory=dict)  # {key: title}: mAP@all and the mAP@k of either version
 
     @property
     def unreadable(self) -> list[str]:
@@ -240,21 +256,22 @@ def diff_metrics(old: VersionMetrics, new: VersionMetrics, threshold: float) -> 
     versions are comparable."""
     threshold = check_threshold(threshold)
     differences = settings_differences(old.settings, new.settings)
+    columns = {**new.columns, **old.columns}
     rows = []
     for cell in sorted(set(old.cells) | set(new.cells)):
         row = DiffRow(*cell, old=old.cells.get(cell, {}), new=new.cells.get(cell, {}))
         if not differences:
-            row.regressed = [key for key in COLUMNS if (delta := row.delta(key)) is not None and delta < -threshold]
+            row.regressed = [key for key in columns if (delta := row.delta(key)) is not None and delta < -threshold]
         rows.append(row)
     for version in (old, new):
         for (method, bits), why in sorted(version.unreadable.items()):
             rows.append(DiffRow(method, bits, "", unreadable=why))
-    return Diff(old.name, new.name, threshold, rows, differences)
+    return Diff(old.name, new.name, threshold, rows, differences, columns)
 
 
 def regressions(diff: Diff) -> list[str]:
     """One phrase per regressed cell: ``djsrh 16 bits I→T mAP@all 0.612 -> 0.540 (-0.072)``."""
-    return [f"{row.describe()} {COLUMNS[key]} {row.old[key]:.3f} -> {row.new[key]:.3f} ({row.delta(key):+.3f})"
+    return [f"{row.describe()} {diff.columns[key]} {row.old[key]:.3f} -> {row.new[key]:.3f} ({row.delta(key):+.3f})"
             for row in diff.rows for key in row.regressed]
 
 
@@ -265,11 +282,11 @@ def table_records(diff: Diff) -> list[dict[str, Any]]:
     for row in diff.rows:
         record: dict[str, Any] = {"method": row.method, "bits": row.bits,
                                   "direction": DIRECTION_NAMES.get(row.direction, row.direction)}
-        for key, title in COLUMNS.items():
+        for key, title in diff.columns.items():
             record[f"{title} old"] = row.old.get(key)
             record[f"{title} new"] = row.new.get(key)
             record[f"{title} Δ"] = row.delta(key)
-        record["regression"] = ", ".join(COLUMNS[key] for key in row.regressed)
+        record["regression"] = ", ".join(diff.columns[key] for key in row.regressed)
         record["unreadable"] = row.unreadable
         records.append(record)
     return records

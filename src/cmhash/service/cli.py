@@ -10,7 +10,7 @@ from typing import Any
 
 from cmhash.errors import for_terminal
 from cmhash.search.query import SearchError
-from cmhash.search.service import MAX_UPLOAD_BYTES, SearchService
+from cmhash.service.search_service import MAX_UPLOAD_BYTES, SearchService
 
 
 def read_image_file(path) -> bytes:
@@ -34,10 +34,9 @@ def read_image_file(path) -> bytes:
     return data
 
 
-def run_search(args: argparse.Namespace, params: dict[str, Any]) -> int:
+def run_search(args: argparse.Namespace, service: SearchService) -> int:
     image = read_image_file(args.image) if args.image is not None else None
-    answer = SearchService(args.root, params).search(args.method, args.bits, args.k, text=args.text, image=image,
-                                                     image_name=str(args.image))
+    answer = service.search(args.method, args.bits, args.k, text=args.text, image=image, image_name=str(args.image))
     if args.json:
         print(json.dumps(answer, indent=2, ensure_ascii=False))
         return 0

@@ -9,7 +9,7 @@ Bad input raises :class:`~cmhash.search.query.SearchError` with a message and an
 
 :meth:`SearchService.search_many` answers several requests together: their texts go through the
 encoder as one batch, their images as another, and each index searches all of its queries at once.
-This is how the server keeps up with concurrent clients (:mod:`cmhash.search.batching`); one
+This is how the server keeps up with concurrent clients (:mod:`cmhash.service.batching`); one
 request alone is the same call with a batch of one.
 """
 
@@ -28,7 +28,6 @@ from typing import Any
 import numpy as np
 
 from cmhash.errors import CmhashError, quote
-from cmhash.layout import Layout
 from cmhash.search.query import SearchError, check_recipe, query_features, text_notes
 
 MAX_UPLOAD_BYTES = 10 * 1024 * 1024
@@ -112,11 +111,22 @@ def read_image(data: bytes, name: str, max_pixels: int):
         raise SearchError(f"{name} is not an image PIL can read (JPEG, PNG, WebP, ...).", 415) from None
 
 
+@dataclass(frozen=True)
+class ServiceSettings:
+    """What the service reads, as plain values (``cmhash search`` and ``cmhash serve`` fill them from
+    params.yaml and the paths of dvc.yaml)."""
+
+    index_root: Path            # items/ and one <method>-<bits>/ folder per index (data/index)
+    metrics_root: Path          # <method>-<bits>.json: the scores the list of indexes shows (metrics)
+    encode: dict[str, Any]      # the encoder of queries: the settings the features were encoded with
+    max_image_pixels: int       # a query image above this is refused (413)
+    map_ks: tuple[int, ...] = ()  # the mAP@k shown besides mAP@all: those the evaluation computes
+
+
 class SearchService:
-    def __init__(self, root: str | Path, params: dict[str, Any]):
-        self.layout = Layout(Path(root))
-        self.params = params
-        self.max_pixels = int(params["dataset"]["max_image_pixels"])
+    def __init__(self, settings: ServiceSettings):
+        self.settings = settings
+        self.max_pixels = int(settings.max_image_pixels)
         self._items = None
         self._encoder = None
         self._catalog: dict[tuple[str, int], Path] = {}
@@ -130,7 +140,7 @@ class SearchService:
         the folder changes). Only real folders named ``<method>-<bits>`` of a known method count."""
         from cmhash.methods.registry import METHODS
 
-        root = self.layout.items_dir().parent
+        root = self.settings.index_root
         try:
             stamp = os.stat(root).st_mtime_ns
         except FileNotFoundError:
@@ -147,7 +157,7 @@ class SearchService:
             return dict(self._catalog)
 
     def available(self) -> list[dict[str, Any]]:
-        """Every index in :meth:`catalog`, with its mAP@all and mAP@50 from the metrics files; an index
+        """Every index in :meth:`catalog`, with its mAP@all and mAP@k (``map_ks``) from the metrics files; an index
         whose description cannot be read is listed with the reason instead."""
         found = []
         for (method, bits), folder in sorted(self.catalog().items()):
@@ -163,13 +173,13 @@ class SearchService:
 
     def _scores(self, method: str, bits: int) -> dict[str, dict[str, float | None]]:
         try:
-            scores = json.loads(self.layout.metrics(method, bits).read_text(encoding="utf-8"))
+            scores = json.loads((self.settings.metrics_root / f"{method}-{bits}.json").read_text(encoding="utf-8"))
         except (OSError, ValueError):
             return {}
         if not isinstance(scores, dict):
             return {}
         return {direction: {key: values.get(key) if isinstance(values.get(key), (int, float)) else None
-                            for key in ("map_all", "map_50")}
+                            for key in ["map_all", *(f"map_{k}" for k in self.settings.map_ks)]}
                 for direction, values in scores.items() if isinstance(values, dict)}
 
     def _names(self) -> str:
@@ -181,7 +191,7 @@ class SearchService:
 
         with self._lock:
             if self._items is None:
-                self._items = Items.read(self.layout.items_dir())
+                self._items = Items.read((self.settings.index_root / "items"))
         return self._items
 
     def _encoder_for(self):
@@ -189,7 +199,7 @@ class SearchService:
 
         with self._lock:
             if self._encoder is None:
-                self._encoder = build_encoder(self.params["encode"])
+                self._encoder = build_encoder(self.settings.encode)
         return self._encoder
 
     def index(self, method: Any, bits: Any) -> LoadedIndex:
@@ -217,7 +227,7 @@ class SearchService:
                 try:
                     files = IndexFiles.read(folder, key[0], bits, len(self.items))
                     codes = {kind: files.codes(kind) for kind in kinds_of(files.info["fused"])}
-                    model = files.model(self.params["encode"]["device"])
+                    model = files.model(self.settings.encode["device"])
                 except SearchError:
                     raise
                 except CmhashError as err:
@@ -332,6 +342,6 @@ class SearchService:
     def thumbnail(self, item: Any) -> Path:
         found = self.items.thumbnail(self.item(item)["id"])
         if found is None:
-            raise SearchError(f"item {item} has no thumbnail in {self.layout.items_dir() / 'images'}; rebuild the "
+            raise SearchError(f"item {item} has no thumbnail in {self.settings.index_root / 'items' / 'images'}; rebuild the "
                               "catalog with `dvc repro items`.", 404)
         return found

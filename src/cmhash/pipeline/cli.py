@@ -31,11 +31,11 @@ STAGES = {
 }
 
 
-# Commands that read no method's settings check every section of params.yaml but those two, whose
-# schema comes from the methods' classes (importing them imports torch: a second or more in every
+# The sections of params.yaml that the commands beyond the stages read (a stage's module names its
+# own). A command checks only what it reads, so that it imports only what it needs: the methods'
+# settings come from their classes, and importing those imports torch (a second or more in every
 # short stage). check-params, which dvc.yaml runs before every other stage, checks all of them.
-WITHOUT_METHOD_SETTINGS = ("dataset", "encode", "train", "evaluate")
-READS_NO_METHOD_SETTINGS = {"prepare", "validate", "encode", "items", "evaluate", "index", "report", "search", "serve"}
+COMMAND_SECTIONS = {"search": ("dataset", "encode", "evaluate"), "serve": ("dataset", "encode", "evaluate")}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -106,7 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
     serve.add_argument("--params", default="params.yaml", type=Path, help="parameter file (default: params.yaml)")
     serve.add_argument("--root", default=Path("."), type=Path, help="project folder that holds data/ (default: .)")
-    diff_help = ("compare mAP@all and mAP@50 of two versions (commits, branches, tags, experiments by name, or the "
+    diff_help = ("compare mAP@all and mAP@k (each k of evaluate.map_ks) of two versions (commits, branches, tags, experiments by name, or the "
                  "workspace): one row per method, code length and direction, drops beyond --threshold marked; versions "
                  "whose data or evaluation settings differ are shown as not comparable; exit 1 if a metrics file is unreadable")
     diff = sub.add_parser("diff", help=diff_help, description=diff_help)
@@ -127,19 +127,24 @@ def build_parser() -> argparse.ArgumentParser:
 GOMP_SPINCOUNT = "5000"
 
 
+# The dependency -> the extra of pyproject.toml that installs it (the library itself needs none).
+_EXTRA_OF = {"dvc": "pipeline", "ruamel": "pipeline", "great_expectations": "pipeline", "pandas": "pipeline",
+             "distributed": "pipeline", "fastapi": "service", "starlette": "service", "uvicorn": "service"}
+
+
 def main(argv: list[str] | None = None) -> int:
     import os
 
     os.environ.setdefault("GOMP_SPINCOUNT", GOMP_SPINCOUNT)
     args = build_parser().parse_args(argv)
-    from cmhash import stages
     from cmhash.errors import CmhashError, for_terminal
-    from cmhash.layout import Layout
-    from cmhash.params import load_params
 
     try:
+        from cmhash.pipeline.layout import Layout
+        from cmhash.pipeline.params import SECTIONS, load_params
+
         if args.stage == "diff":
-            from cmhash.metrics_diff import check_threshold, diff_metrics, metrics_at, render_diff, table_records
+            from cmhash.pipeline.metrics_diff import check_threshold, diff_metrics, metrics_at, render_diff, table_records
 
             threshold = check_threshold(args.threshold, "--threshold")
             diff = diff_metrics(metrics_at(args.root, args.old), metrics_at(args.root, args.new), threshold)
@@ -155,53 +160,52 @@ def main(argv: list[str] | None = None) -> int:
                 return 1
             return 0
         if args.stage == "plots-page":
-            from cmhash.plots_page import default_cache_dir, render_plots_page
+            from cmhash.pipeline.plots_page import default_cache_dir, render_plots_page
 
             page = render_plots_page(args.root, args.root / args.out, args.cache_dir or default_cache_dir(), args.scripts_dir)
             print(f"wrote {page}")
             return 0
-        from cmhash.params import SECTIONS
-
-        params = load_params(args.params, WITHOUT_METHOD_SETTINGS if args.stage in READS_NO_METHOD_SETTINGS else SECTIONS)
+        stage = _stage_module(args.stage)
+        params = load_params(args.params, stage.SECTIONS if stage else COMMAND_SECTIONS.get(args.stage, SECTIONS))
         layout = Layout(args.root)
         if args.stage == "search":
-            from cmhash.search.cli import run_search
+            from cmhash.service.cli import run_search
 
-            return run_search(args, params)
+            return run_search(args, search_service(params, layout))
         if args.stage == "serve":
-            from cmhash.search.server import serve
+            from cmhash.service.server import serve
 
-            serve(args.root, params, args.host, args.port)
+            serve(search_service(params, layout), args.host, args.port)
             return 0
         if args.stage == "check-params":
-            print(f"checked {args.params}: wrote {stages.check_params(params, layout)}")
+            print(f"checked {args.params}: wrote {stage.run(params, layout)}")
             return 0
         progress = sys.stderr.isatty() and not getattr(args, "quiet", False)  # no bar noise in logs
         if args.stage == "prepare":
-            print(f"prepared {stages.prepare(params, layout, progress)}")
+            print(f"prepared {stage.run(params, layout, progress)}")
         elif args.stage == "validate":
-            report = stages.validate(params, layout)
+            report = stage.run(params, layout)
             print(f"validated {layout.prepared(params['dataset']['name'])}: all {report['evaluated']} expectations passed")
         elif args.stage == "encode":
-            print(f"encoded {stages.encode(params, layout, progress)}")
+            print(f"encoded {stage.run(params, layout, progress)}")
         elif args.stage == "train":
             method, bits = _method_and_bits(args)
-            print(f"trained {stages.train(params, layout, method, bits, progress)}")
+            print(f"trained {stage.run(params, layout, method, bits, progress)}")
         elif args.stage == "evaluate":
             method, bits = _method_and_bits(args)
-            results = stages.evaluate(params, layout, method, bits, progress)
+            results = stage.run(params, layout, method, bits, progress)
             summary = "  ".join(f"{d} " + " ".join(f"{k}={v:.4f}" for k, v in m.items() if k.startswith("map_"))
                                 for d, m in results.items() if isinstance(m, dict))
             print(f"{method} {bits} bits: {summary}")
         elif args.stage == "report":
-            print(f"wrote {stages.report(params, layout)}")
+            print(f"wrote {stage.run(params, layout)}")
         elif args.stage == "items":
-            print(f"wrote {stages.items(params, layout, progress)}")
+            print(f"wrote {stage.run(params, layout, progress)}")
         elif args.stage == "index":
             method, bits = _method_and_bits(args)
-            print(f"wrote {stages.index(params, layout, method, bits)}")
+            print(f"wrote {stage.run(params, layout, method, bits)}")
         elif args.stage == "tune":
-            from cmhash.tuning import parse_grid, render_table, tune
+            from cmhash.pipeline.tuning import parse_grid, render_table, tune
 
             result = tune(params, layout, args.method, args.bits, parse_grid(args.grid), args.validation, progress,
                           log=None if args.quiet else lambda line: print(line, flush=True), resume=args.resume)
@@ -216,10 +220,38 @@ def main(argv: list[str] | None = None) -> int:
         print(f"cmhash {args.stage}: error: no space left on the device ({_written_file(err)}); free some space and run "
               "the stage again (outputs are written atomically: nothing half-written was left behind).", file=sys.stderr)
         return 1
+    except ModuleNotFoundError as err:
+        extra = _EXTRA_OF.get((err.name or "").split(".")[0])
+        if extra is None:
+            raise
+        print(f"cmhash {args.stage}: error: {err.name} is not installed; `cmhash {args.stage}` needs the {extra} extra: "
+              f"python -m pip install 'cmhash[{extra}]' (the README's install line, '.[all,dev]', has every extra).", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print(f"cmhash {args.stage}: interrupted; outputs are written atomically, so rerun the stage to start again or resume.", file=sys.stderr)
         return 130
     return 0
+
+
+def search_service(params: dict, layout):
+    """The search service over the indexes of ``layout``, encoding queries as ``params`` encoded the
+    features."""
+    from cmhash.service.search_service import SearchService, ServiceSettings
+
+    return SearchService(ServiceSettings(
+        index_root=layout.index_root(), metrics_root=layout.metrics_root(), encode=params["encode"],
+        max_image_pixels=params["dataset"]["max_image_pixels"], map_ks=tuple(params["evaluate"]["map_ks"])))
+
+
+def _stage_module(command: str):
+    """The module of the dvc.yaml stage that ``command`` runs (``check-params`` ->
+    ``cmhash.pipeline.stages.check_params``), or None for the commands that are not stages. Only that
+    module is imported, so a stage's process runs only its own code."""
+    if command not in STAGES:
+        return None
+    import importlib
+
+    return importlib.import_module(f"cmhash.pipeline.stages.{command.replace('-', '_')}")
 
 
 def _written_file(err: OSError) -> str:
