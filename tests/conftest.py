@@ -25,8 +25,18 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
 def pytest_collection_modifyitems(config, items):
-    """``gpu`` tests skip, saying why, on a machine where CUDA is not available (they are not
-    selected by default; ``-m gpu`` selects them)."""
+    """The tiers: unit tests (no mark) and ``e2e`` tests run by default; ``slow`` and ``gpu`` tests
+    run only when the ``-m`` expression names their mark (``-m slow``, ``-m "gpu or e2e"``), so that
+    ``-m "not e2e"`` is the unit tier alone. ``gpu`` tests skip, saying why, where CUDA is not
+    available."""
+    expression = config.getoption("markexpr") or ""
+    left_out = [mark for mark in ("slow", "gpu") if mark not in expression]
+    kept, dropped = [], []
+    for item in items:
+        (dropped if any(item.get_closest_marker(mark) for mark in left_out) else kept).append(item)
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = kept
     gpu = [item for item in items if item.get_closest_marker("gpu")]
     if not gpu:
         return

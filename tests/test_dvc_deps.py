@@ -19,6 +19,8 @@ from conftest import REPO, scratch_project, tiny_params
 from cmhash.pipeline.layout import Layout
 from cmhash.pipeline.params import validate_params
 
+pytestmark = pytest.mark.e2e  # every stage run under a profiler, and the schema imported in fresh interpreters
+
 SRC = REPO / "src"
 # Modules that cannot change what a stage writes: the exceptions and how their messages print.
 NO_EFFECT_ON_OUTPUTS = {"src/cmhash/errors.py"}

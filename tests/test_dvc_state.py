@@ -14,6 +14,8 @@ from conftest import COMMAND_ENV, run_command
 from cmhash.orchestration.dvc_state import lock_entries, out_of_date, path_holders, read_pipeline
 from cmhash.orchestration.stage_process import StageBusy, StageFailed, run_dvc_stage
 
+pytestmark = pytest.mark.e2e  # real dvc commands and stage processes
+
 WRITE = 'python -c "import yaml; n = yaml.safe_load(open(\'params.yaml\'))[\'n\']; open(\'{out}\', \'w\').write(str(n))"'
 DVC_YAML = {"stages": {
     "make": {"cmd": WRITE.format(out="made.txt"), "params": ["n"], "outs": ["made.txt"]},

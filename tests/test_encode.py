@@ -209,6 +209,7 @@ def _clip_settings(clip_config):
                                                                    "model_config": str(clip_config)}}
 
 
+@pytest.mark.e2e  # a local Dask cluster
 def test_two_dask_workers_give_the_same_file_as_one_process(project, clip_config):
     """Shards encoded on a local Dask cluster of two worker processes, merged: the same bytes."""
     _, layout = project

@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from conftest import REPO
 
 PACKAGE = REPO / "src" / "cmhash"
@@ -118,6 +119,7 @@ print("ok")
 """
 
 
+@pytest.mark.e2e  # a fresh interpreter importing the whole library
 def test_the_library_stands_alone_without_the_application_dependencies():
     result = subprocess.run([sys.executable, "-c", _STANDALONE], capture_output=True, text=True, cwd=REPO)
     assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr[-3000:]

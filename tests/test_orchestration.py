@@ -16,6 +16,8 @@ import pytest
 import yaml
 from conftest import COMMAND_ENV, REPO, run_command, scratch_project, tiny_params
 
+pytestmark = pytest.mark.e2e  # a real Prefect server and process worker, deployments and flow runs
+
 # The deployment tests run the project's own params.yaml with these overrides, as a team would
 # schedule a quick run: 400 items, three methods (baseline, unsupervised, supervised) at 16 bits.
 METHODS = ["lsh", "djsrh", "dcmht"]

@@ -27,6 +27,8 @@ from cmhash.orchestration.workspace import (
 from cmhash.pipeline.params import load_params
 from cmhash.pipeline.params_file import parse_overrides
 
+pytestmark = pytest.mark.e2e  # real git and DVC projects, and processes killed half-way
+
 
 @pytest.fixture
 def project(tmp_path):

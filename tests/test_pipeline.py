@@ -7,6 +7,8 @@ import pytest
 import yaml
 from conftest import COMMAND_ENV, run_command, scratch_project, tiny_params
 
+pytestmark = pytest.mark.e2e  # real `dvc repro`, `dvc status` and `dvc exp run` in scratch projects
+
 ENV = COMMAND_ENV
 
 

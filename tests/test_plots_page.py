@@ -54,6 +54,7 @@ def _npm_registry_reachable() -> bool:
         return False
 
 
+@pytest.mark.e2e  # downloads from the npm registry (skips, saying so, where it cannot be reached)
 @pytest.mark.skipif(shutil.which("npm") is None, reason="npm is not installed")
 def test_template_from_the_npm_registry(tmp_path):
     if not _npm_registry_reachable():

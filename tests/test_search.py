@@ -229,6 +229,7 @@ def served(project):
     server.wait(30)
 
 
+@pytest.mark.e2e  # the served API, fuzzed by schemathesis
 def test_the_openapi_document_is_the_api(served, tmp_path):
     """A property-based API fuzzer (schemathesis) generates requests from /api/openapi.json, valid and
     invalid, sends them to the real server and checks every answer against the document: no server
@@ -248,6 +249,7 @@ CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic
                   "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 
 
+@pytest.mark.e2e  # the served page in headless Chromium
 @needs_chromium
 def test_a_search_link_opens_with_its_results_drawn(served, tmp_path):
     """The page reads its query from the URL (Chromium's --dump-dom: the DOM after the page's scripts ran)."""
@@ -269,6 +271,7 @@ def test_a_search_link_opens_with_its_results_drawn(served, tmp_path):
     assert len(parser.sources) == 6 and all(src.startswith("/api/items/") for src in parser.sources)
 
 
+@pytest.mark.e2e  # the served page in headless Chromium
 @needs_chromium
 def test_a_query_typed_into_the_page_is_searched(served, tmp_path, project):
     """Typed with real key events through the DevTools protocol; results drawn, URL updated, users'
