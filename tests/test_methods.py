@@ -111,7 +111,7 @@ def test_aligned_baselines_share_one_projection():
 
 
 def test_unknown_method_and_setting_are_clear_errors():
-    with pytest.raises(CmhashError, match="known methods"):
+    with pytest.raises(CmhashError, match="known hashing methods"):
         build_method("nope", 8, {})
     with pytest.raises(CmhashError, match="methods.djsrh has unknown setting"):
         build_method("djsrh", 8, {"learning_rate": 1})

@@ -8,32 +8,29 @@ the source and the split promise.
 
 from __future__ import annotations
 
-import importlib
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 from cmhash.datasets.prepared import write_prepared
 from cmhash.datasets.splits import SplitProtocol, parse_split
-from cmhash.errors import CmhashError
+from cmhash.registry import Registry
 
-# dataset.name -> module of cmhash.datasets (imported only when used)
-SOURCES = {
-    "builtin": "builtin",
-    "byo": "byo",
-    "mirflickr25k": "mirflickr",
-    "nuswide": "nuswide",
-    "coco": "coco",
-    "dcmh_mat": "dcmh_mat",
-    "dcmht_mat": "dcmht_mat",
-}
+# dataset.name -> the source's module (imported only when used)
+SOURCES = Registry("dataset source", {
+    "builtin": "cmhash.datasets.builtin",
+    "byo": "cmhash.datasets.byo",
+    "mirflickr25k": "cmhash.datasets.mirflickr",
+    "nuswide": "cmhash.datasets.nuswide",
+    "coco": "cmhash.datasets.coco",
+    "dcmh_mat": "cmhash.datasets.dcmh_mat",
+    "dcmht_mat": "cmhash.datasets.dcmht_mat",
+})
 
 
 def source_module(name: str) -> ModuleType:
     """The module of source ``name`` (see :mod:`cmhash.datasets.source`)."""
-    if name not in SOURCES:
-        raise CmhashError(f"params.yaml: dataset.name is {name!r}; known datasets: {', '.join(sorted(SOURCES))}.")
-    return importlib.import_module(f"cmhash.datasets.{SOURCES[name]}")
+    return SOURCES.load(name)
 
 
 def _source(dataset: dict[str, Any]) -> ModuleType:

@@ -22,7 +22,7 @@ from typing import Annotated, Any
 import numpy as np
 from annotated_types import Ge, Le
 
-from cmhash.errors import CmhashError
+from cmhash.registry import Registry
 
 # Pixels per side of an encoder's input (its settings' range, read by params.yaml's schema).
 ImageSize = Annotated[int, Ge(32), Le(1024)]
@@ -132,16 +132,14 @@ class Encoder(ABC):
         return out
 
 
+# encode.backend -> the encoder's class; its settings are ``encode.<backend>`` (its constructor's signature)
+ENCODERS = Registry("encoder", {
+    "offline": "cmhash.encoders.offline:OfflinePretrainedEncoder",
+    "open_clip": "cmhash.encoders.clip:OpenClipEncoder",
+})
+
+
 def build_encoder(encode: dict[str, Any]) -> Encoder:
     """Build the encoder that ``encode.backend`` names, with its settings from ``encode.<backend>``."""
-    backend, device = encode["backend"], encode["device"]
-    settings = dict(encode[backend])
-    if backend == "offline":
-        from cmhash.encoders.offline import OfflinePretrainedEncoder
-
-        return OfflinePretrainedEncoder(device=device, **settings)
-    if backend == "open_clip":
-        from cmhash.encoders.clip import OpenClipEncoder
-
-        return OpenClipEncoder(device=device, **settings)
-    raise CmhashError(f"params.yaml: encode.backend is {backend!r}; choose 'offline' or 'open_clip'.")
+    backend = encode["backend"]
+    return ENCODERS.load(backend)(device=encode["device"], **encode[backend])

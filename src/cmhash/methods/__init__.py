@@ -24,7 +24,6 @@ editing one method reruns that method only.
 
 from __future__ import annotations
 
-import importlib
 import inspect
 import io
 from abc import ABC, abstractmethod
@@ -90,25 +89,18 @@ class HashingMethod(ABC):
     def load_state_dict(self, state: dict[str, Any]) -> None: ...
 
 
-def _check_known(name: str) -> None:
-    if name not in METHODS:
-        raise CmhashError(f"unknown hashing method {name!r}; known methods: {', '.join(sorted(METHODS))}.")
-
-
 def check_method_and_bits(name: str, bits: int) -> None:
     """A registered method and a code length the evaluation handles, or a clear error."""
     from cmhash.codes import MAX_BITS
 
-    _check_known(name)
+    METHODS.check(name)
     if not 1 <= int(bits) <= MAX_BITS:
         raise CmhashError(f"bits is {bits}: a code length is a whole number of bits from 1 to {MAX_BITS} "
                           "(the evaluation's limit; refused before fitting anything).")
 
 
 def method_class(name: str) -> type:
-    _check_known(name)
-    module, _, attr = METHODS[name].partition(":")
-    return getattr(importlib.import_module(module), attr)
+    return METHODS.load(name)
 
 
 def build_method(

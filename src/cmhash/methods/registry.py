@@ -1,11 +1,13 @@
-"""The registry of hashing methods: name -> ``module:Class``.
+"""The registry of hashing methods: name -> ``module:Class`` (a :class:`cmhash.registry.Registry`).
 
 The module of method ``name`` is always ``cmhash.methods.<name>`` (dvc.yaml relies on it, and a test
 checks it). This file is not a dependency of the train stages: adding a method here does not rerun
 the others.
 """
 
-METHODS: dict[str, str] = {
+from cmhash.registry import Registry
+
+METHODS = Registry("hashing method", {
     # baselines
     "lsh": "cmhash.methods.lsh:LSH",
     "itq": "cmhash.methods.itq:ITQ",
@@ -20,4 +22,4 @@ METHODS: dict[str, str] = {
     "mesdch": "cmhash.methods.mesdch:MESDCH",
     # supervised, fused (one code per image-text pair)
     "clipmh": "cmhash.methods.clipmh:CLIPMH",
-}
+})

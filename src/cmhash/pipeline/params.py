@@ -71,8 +71,9 @@ def _dataset_model() -> type[Section]:
 
 @functools.cache
 def _encode_model() -> type[Section]:
-    from cmhash.encoders.clip import OpenClipEncoder
-    from cmhash.encoders.offline import OfflinePretrainedEncoder
+    from cmhash.encoders import ENCODERS
+
+    encoders = {name: settings_model(ENCODERS.load(name), f"{name}Settings") for name in ENCODERS}
 
     def check_batch_size(cls, value):
         if value != "auto" and (type(value) is not int or not 1 <= value <= 65_536):
@@ -82,12 +83,11 @@ def _encode_model() -> type[Section]:
     return create_model(
         "Encode", __base__=Section, __validators__={
             "batch_size_is_auto_or_a_count": field_validator("batch_size", mode="before")(check_batch_size)},
-        backend=(Literal["offline", "open_clip"], "offline"), device=(Device, "auto"), batch_size=(int | str, "auto"),
+        backend=(Literal[tuple(ENCODERS)], "offline"), device=(Device, "auto"), batch_size=(int | str, "auto"),
         text=(Literal["auto", "captions", "bag_of_words"], "auto"),
         loaders=(Annotated[int, Field(ge=0, le=256)], 2), shard_items=(Count, 4096),
         workers=(Annotated[int, Field(ge=0, le=4096)], 0), scheduler=(str | None, None),
-        offline=(settings_model(OfflinePretrainedEncoder, "Offline"), settings_model(OfflinePretrainedEncoder, "Offline")()),
-        open_clip=(settings_model(OpenClipEncoder, "OpenClip"), settings_model(OpenClipEncoder, "OpenClip")()))
+        **{name: (model, model()) for name, model in encoders.items()})
 
 
 @functools.cache
