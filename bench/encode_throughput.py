@@ -110,24 +110,24 @@ def texts_per_second(encoder, prepared: Path, batch_size: int, loaders: int, rep
     return items_per_second(batches, encoder.prepare_texts, encoder.embed_texts, len(texts), loaders, repeats)
 
 
-def scaling(prepared: Path, settings: dict, batch_size: int | None, workers: list[int], folder: Path) -> list[dict]:
+def scaling(prepared: Path, spec, batch_size: int | None, workers: list[int], folder: Path) -> list[dict]:
     """The whole encode stage on 1, 2, ... local Dask workers (shards of 4 batches), items per second."""
     from cmhash.encoders import build_encoder
     from cmhash.encoders.batch_size import resolve_batch_size
     from cmhash.encoders.dataset import encode_dataset
 
-    encoder = build_encoder(settings)
+    encoder = build_encoder(spec)
     batch_size = batch_size or resolve_batch_size("auto", encoder)
     rows = []
     for count in workers:
         out = folder / f"features-{count}.h5"
         started = time.perf_counter()
         encode_dataset(prepared, out, encoder, batch_size=batch_size, progress=False, text="captions",
-                       shard_items=4 * batch_size, workers=count, settings=settings)
+                       shard_items=4 * batch_size, workers=count, spec=spec)
         seconds = time.perf_counter() - started
         with h5py.File(out, "r") as f:
             items = f["images"].shape[0]
-        rows.append({"encoder": "offline", "device": settings["device"], "input": "encode stage on Dask (images and captions)",
+        rows.append({"encoder": "offline", "device": spec.device, "input": "encode stage on Dask (images and captions)",
                      "dask_workers": count, "batch_size": batch_size, "per_second": round(items / seconds, 1),
                      "seconds": round(seconds, 1)})
         print(f"encode stage on {count} Dask worker(s): {items / seconds:.1f} items/s ({seconds:.1f} s, cluster start included)",
@@ -151,18 +151,17 @@ def main(argv=None) -> int:
 
     import torch
 
-    from cmhash.encoders import build_encoder
+    from cmhash.encoders import EncoderSpec, build_encoder
     from cmhash.encoders.batch_size import resolve_batch_size
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    settings = {"offline": {"backend": "offline", "device": device, "offline": {"image_size": 96}},
-                "vit-b-32": {"backend": "open_clip", "device": device,
-                             "open_clip": {"model": "ViT-B-32", "pretrained": None, "model_config": None}}}
+    specs = {"offline": EncoderSpec("offline", device, {"image_size": 96}),
+             "vit-b-32": EncoderSpec("open_clip", device, {"model": "ViT-B-32", "pretrained": None, "model_config": None})}
     rows = []
     with tempfile.TemporaryDirectory() as folder:
         sources = make_sources(Path(folder), args.images, 96)
         for name in args.encoders:
-            encoder = build_encoder(settings[name])
+            encoder = build_encoder(specs[name])
             batch_size = args.batch_size or resolve_batch_size("auto", encoder)
             for loaders in args.loaders:
                 for source, prepared in sources.items():
@@ -185,7 +184,7 @@ def main(argv=None) -> int:
                 rows.append({"encoder": name, "device": device, "input": "captions", "loaders": loaders,
                              "batch_size": batch_size, "per_second": round(rate, 1)})
                 print(f"{name:9} {device}: captions,            loaders {loaders}: {rate:8.1f} captions/s", flush=True)
-        rows += scaling(sources["pixels"], settings["offline"], args.batch_size, args.dask_workers, Path(folder))
+        rows += scaling(sources["pixels"], specs["offline"], args.batch_size, args.dask_workers, Path(folder))
     write_results(args.out, torch=torch.__version__, threads=torch.get_num_threads(), results=rows)
     return 0
 

@@ -70,8 +70,9 @@ def test_finetune_trains_the_towers_and_encodes_through_them(project, clip_confi
     # the towers moved away from their initial weights (same seed, same initialisation)
     torch.manual_seed(int(params["train"]["seed"]))
     from cmhash.encoders import build_encoder
+    from cmhash.pipeline.params import encoder_spec
 
-    initial = build_encoder({**params["encode"], "device": "cpu"}).model.state_dict()
+    initial = build_encoder(encoder_spec(params["encode"], "cpu")).model.state_dict()
     trained = model.towers.state_dict()
     assert any(not torch.equal(initial[k], trained[k]) for k in initial)
     assert len(model.history) == 2 and all(np.isfinite(model.history))

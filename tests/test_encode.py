@@ -4,7 +4,7 @@ import h5py
 import numpy as np
 import pytest
 
-from cmhash.encoders import build_encoder
+from cmhash.encoders import EncoderSpec, build_encoder
 from cmhash.encoders.dataset import encode_dataset
 from cmhash.errors import CmhashError
 from cmhash.features import read_features
@@ -20,7 +20,7 @@ def _images(n=3):
 
 
 def test_open_clip_tiny_architecture(clip_config):
-    encoder = build_encoder({"backend": "open_clip", "device": "cpu", "open_clip": {"model": "tiny-clip-test", "model_config": str(clip_config)}})
+    encoder = build_encoder(EncoderSpec("open_clip", "cpu", {"model": "tiny-clip-test", "model_config": str(clip_config)}))
     assert encoder.aligned and encoder.name == "open_clip:tiny-clip-test:random-init"
     assert encoder.encode_images(_images()).shape == (3, 32)
     assert encoder.encode_texts(["a red disc", "two blue stars", ""]).shape == (3, 32)
@@ -29,25 +29,23 @@ def test_open_clip_tiny_architecture(clip_config):
 def test_open_clip_local_checkpoint_gives_the_same_model(tmp_path, clip_config):
     import torch
 
-    first = build_encoder({"backend": "open_clip", "device": "cpu", "open_clip": {"model": "tiny-clip-test", "model_config": str(clip_config)}})
+    first = build_encoder(EncoderSpec("open_clip", "cpu", {"model": "tiny-clip-test", "model_config": str(clip_config)}))
     checkpoint = tmp_path / "tiny.pt"
     torch.save(first.model.state_dict(), checkpoint)
-    second = build_encoder({"backend": "open_clip", "device": "cpu",
-                            "open_clip": {"model": "tiny-clip-test", "pretrained": str(checkpoint), "model_config": str(clip_config)}})
+    second = build_encoder(EncoderSpec("open_clip", "cpu", {"model": "tiny-clip-test", "pretrained": str(checkpoint), "model_config": str(clip_config)}))
     texts = ["a green hexagon in a room"]
     assert np.allclose(first.encode_texts(texts), second.encode_texts(texts), atol=1e-6)
 
 
 def test_open_clip_unavailable_weights_explain_the_local_checkpoint(clip_config):
     with pytest.raises(CmhashError, match="local path"):
-        build_encoder({"backend": "open_clip", "device": "cpu",
-                       "open_clip": {"model": "tiny-clip-test", "pretrained": "laion2b_s34b_b79k", "model_config": str(clip_config)}})
+        build_encoder(EncoderSpec("open_clip", "cpu", {"model": "tiny-clip-test", "pretrained": "laion2b_s34b_b79k", "model_config": str(clip_config)}))
     with pytest.raises(CmhashError, match="not a known open_clip architecture"):
-        build_encoder({"backend": "open_clip", "device": "cpu", "open_clip": {"model": "no-such-arch"}})
+        build_encoder(EncoderSpec("open_clip", "cpu", {"model": "no-such-arch"}))
 
 
 def test_offline_pretrained_pair():
-    encoder = build_encoder({"backend": "offline", "device": "cpu", "offline": {"image_size": 64}})
+    encoder = build_encoder(EncoderSpec("offline", "cpu", {"image_size": 64}))
     assert not encoder.aligned
     assert encoder.encode_images(_images(2)).shape == (2, 1280)
     texts = encoder.encode_texts(["a red circle", "a crimson disc", "a blue square on the grass"])
@@ -79,7 +77,7 @@ class _Interrupting:
 
 
 def _tiny_clip(clip_config):
-    return build_encoder({"backend": "open_clip", "device": "cpu", "open_clip": {"model": "tiny-clip-test", "model_config": str(clip_config)}})
+    return build_encoder(EncoderSpec("open_clip", "cpu", {"model": "tiny-clip-test", "model_config": str(clip_config)}))
 
 
 def _shards(out):
@@ -204,9 +202,8 @@ def test_encode_stage_with_multiple_captions(project, clip_config):
     assert features.texts.shape == (120, 32) and features.aligned
 
 
-def _clip_settings(clip_config):
-    return {"backend": "open_clip", "device": "cpu", "open_clip": {"model": "tiny-clip-test", "pretrained": None,
-                                                                   "model_config": str(clip_config)}}
+def _clip_spec(clip_config):
+    return EncoderSpec("open_clip", "cpu", {"model": "tiny-clip-test", "pretrained": None, "model_config": str(clip_config)})
 
 
 @pytest.mark.e2e  # a local Dask cluster
@@ -217,7 +214,7 @@ def test_two_dask_workers_give_the_same_file_as_one_process(project, clip_config
     prepared, single, sharded = layout.prepared("builtin"), layout.root / "single.h5", layout.features("builtin")
     encode_dataset(prepared, single, encoder, batch_size=16, progress=False)
     encode_dataset(prepared, sharded, encoder, batch_size=16, progress=False, shard_items=32, workers=2,
-                   settings=_clip_settings(clip_config))
+                   spec=_clip_spec(clip_config))
     assert _md5(sharded) == _md5(single) and not _shards(sharded).exists()
 
 
@@ -258,7 +255,7 @@ def test_a_worker_killed_part_way_costs_only_its_shard(project, clip_config):
         watcher = threading.Thread(target=watch_and_kill, args=(_shards(out), cluster))
         watcher.start()
         encode_dataset(prepared, out, encoder, batch_size=8, progress=False, shard_items=8,
-                       scheduler=cluster.scheduler_address, settings=_clip_settings(clip_config))
+                       scheduler=cluster.scheduler_address, spec=_clip_spec(clip_config))
         watcher.join()
     assert killed, "no worker was killed"
     assert _md5(out) == _md5(single)
@@ -271,7 +268,7 @@ def test_encoding_on_cuda_matches_the_cpu_within_fp16(project):
     _, layout = project
     cpu, gpu = layout.root / "cpu.h5", layout.root / "gpu.h5"
     for device, out in (("cpu", cpu), ("cuda", gpu)):
-        encoder = build_encoder({"backend": "offline", "device": device, "offline": {"image_size": 96}})
+        encoder = build_encoder(EncoderSpec("offline", device, {"image_size": 96}))
         encode_dataset(layout.prepared("builtin"), out, encoder, batch_size=32, progress=False)
     a, b = read_features(cpu), read_features(gpu)
     assert np.abs(a.images - b.images).max() < 2e-2 and np.abs(a.texts - b.texts).max() < 2e-2
@@ -281,8 +278,8 @@ def test_encoding_on_cuda_matches_the_cpu_within_fp16(project):
 def test_batch_size_auto_on_cuda_fits_in_free_memory(clip_config):
     from cmhash.encoders.batch_size import LARGEST, SMALLEST, resolve_batch_size
 
-    encoder = build_encoder({"backend": "open_clip", "device": "cuda", "open_clip": {
-        "model": "tiny-clip-test", "pretrained": None, "model_config": str(clip_config)}})
+    encoder = build_encoder(EncoderSpec("open_clip", "cuda", {
+        "model": "tiny-clip-test", "pretrained": None, "model_config": str(clip_config)}))
     batch = resolve_batch_size("auto", encoder)
     assert SMALLEST <= batch <= LARGEST and batch & (batch - 1) == 0
     assert encoder.encode_images(_images(batch)).shape[0] == batch  # a batch of that size runs
@@ -303,10 +300,8 @@ def test_jpegs_decoded_on_the_device_give_the_features_of_the_cpu_path(tmp_path,
         buffer = io.BytesIO()
         Image.fromarray(pixels).resize((width, height), Image.BILINEAR).save(buffer, format="JPEG", quality=95)
         files.append(buffer.getvalue())
-    settings = {"backend": "offline", "device": "cpu", "offline": {"image_size": 64}} if backend == "offline" else {
-        "backend": "open_clip", "device": "cpu",
-        "open_clip": {"model": "tiny-clip-test", "pretrained": None, "model_config": str(clip_config)}}
-    encoder = build_encoder(settings)
+    spec = EncoderSpec("offline", "cpu", {"image_size": 64}) if backend == "offline" else _clip_spec(clip_config)
+    encoder = build_encoder(spec)
     on_cpu = encoder.encode_images([Image.open(io.BytesIO(data)) for data in files])
     on_device = encoder.embed_jpegs(encoder.prepare_jpegs(files))
     assert on_device.shape == on_cpu.shape
@@ -343,7 +338,7 @@ def test_the_device_route_of_the_encode_stage_gives_the_cpu_routes_features(tmp_
         layout = Layout(tmp_path / "byo")
         params = params_for_dataset({"name": "byo", "root": str(tmp_path / "raw"), "split": {"query": 2, "train": 3}})
         prepared = stages.prepare.run(params, layout, progress=False)
-    encoder = build_encoder({"backend": "offline", "device": "cpu", "offline": {"image_size": 64}})
+    encoder = build_encoder(EncoderSpec("offline", "cpu", {"image_size": 64}))
     cpu, device = tmp_path / "cpu.h5", tmp_path / "device.h5"
     encode_dataset(prepared, cpu, encoder, batch_size=4, progress=False)
     monkeypatch.setattr(cmhash.encoders.dataset, "preprocess_on_device", lambda encoder: True)

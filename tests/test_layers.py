@@ -93,13 +93,13 @@ for info in pkgutil.walk_packages(cmhash.__path__, "cmhash."):
 import numpy as np
 from cmhash.codes import SplitCodes, read_codes, write_codes
 from cmhash.datasets import prepare_dataset
+from cmhash.datasets.settings import DatasetSettings
 from cmhash.datasets.prepared import PreparedData
 from cmhash.methods import build_method
 from cmhash.search import HammingIndex
 
 out = Path(tempfile.mkdtemp())
-dataset = {{"name": "builtin", "seed": 0, "root": None, "max_image_pixels": 10**8, "split": {{"query": 20, "train": 50}},
-           "builtin": {{"size": 120, "image_size": 16}}}}
+dataset = DatasetSettings(name="builtin", split={{"query": 20, "train": 50}}, builtin={{"size": 120, "image_size": 64}})
 prepare_dataset(dataset, out / "tiny.h5", progress=False)
 with PreparedData(out / "tiny.h5") as data:
     labels, splits = data.labels, data.splits

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -29,6 +29,9 @@ from tqdm import tqdm
 
 from cmhash.datasets.source import SourceData
 from cmhash.settings import Section
+
+if TYPE_CHECKING:
+    from cmhash.datasets.settings import DatasetSettings
 
 SHAPES = {
     "circle": ["circle", "disc", "round dot", "ball"],
@@ -97,16 +100,16 @@ class BuiltinItem:
     labels: np.ndarray
 
 
-def build(dataset: dict[str, Any], progress: bool) -> SourceData:
+def build(dataset: DatasetSettings, progress: bool) -> SourceData:
     """The built-in dataset that ``dataset.builtin`` and ``dataset.seed`` describe."""
-    size = dataset["builtin"]["size"]
-    data = generate_builtin(size, dataset["builtin"]["image_size"], dataset["seed"], progress=progress)
+    size = dataset.options.size
+    data = generate_builtin(size, dataset.options.image_size, dataset.seed, progress=progress)
     return SourceData(labels=data["labels"], label_names=data["label_names"], texts=data["captions"],
                       text_item=np.arange(size), images=data["images"], summary={"items": size})
 
 
-def expected(dataset: dict[str, Any], summary: dict[str, int]) -> dict[str, int]:
-    return {"items": dataset["builtin"]["size"], "labels": len(LABEL_NAMES)}
+def expected(dataset: DatasetSettings, summary: dict[str, int]) -> dict[str, int]:
+    return {"items": dataset.options.size, "labels": len(LABEL_NAMES)}
 
 
 def generate_builtin(size: int, image_size: int, seed: int, progress: bool = True) -> dict:

@@ -20,13 +20,16 @@ import csv
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from cmhash.datasets.source import SourceData, check_pixels, multi_hot, quiet_about_bombs, source_root, too_many_pixels
 from cmhash.errors import CmhashError
 from cmhash.settings import Section
+
+if TYPE_CHECKING:
+    from cmhash.datasets.settings import DatasetSettings
 
 PAIRS_FILES = ("pairs.jsonl", "pairs.csv")
 
@@ -144,16 +147,16 @@ def labels_matrix(pairs: list[Pair]) -> tuple[np.ndarray, list[str]]:
     return multi_hot([[column[label] for label in pair.labels] for pair in pairs], len(names)), names
 
 
-def build(dataset: dict[str, Any], progress: bool) -> SourceData:
+def build(dataset: DatasetSettings, progress: bool) -> SourceData:
     root = source_root(dataset)
     pairs = read_pairs(root)
     first_of = {}
     for pair in pairs:
         first_of.setdefault((pair.image, tuple(sorted(pair.texts))), pair)
     duplicates = len(pairs) - len(first_of)
-    if dataset["byo"]["deduplicate"]:
+    if dataset.options.deduplicate:
         pairs = list(first_of.values())
-    check_images_decode(root, pairs, progress, dataset["max_image_pixels"])
+    check_images_decode(root, pairs, progress, dataset.max_image_pixels)
     labels, names = labels_matrix(pairs)
     return SourceData(
         labels=labels, label_names=names,
@@ -161,9 +164,9 @@ def build(dataset: dict[str, Any], progress: bool) -> SourceData:
         text_item=np.repeat(np.arange(len(pairs)), [len(pair.texts) for pair in pairs]),
         image_paths=[pair.image for pair in pairs], image_root=str(root),
         summary={"pairs": len(pairs), "captions": sum(len(pair.texts) for pair in pairs),
-                 ("duplicate_pairs_dropped" if dataset["byo"]["deduplicate"] else "duplicate_pairs"): duplicates},
+                 ("duplicate_pairs_dropped" if dataset.options.deduplicate else "duplicate_pairs"): duplicates},
     )
 
 
-def expected(dataset: dict[str, Any], summary: dict[str, int]) -> dict[str, int]:
+def expected(dataset: DatasetSettings, summary: dict[str, int]) -> dict[str, int]:
     return {}

@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 from collections import defaultdict
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import numpy as np
 from pydantic import Field
@@ -27,6 +27,9 @@ from pydantic import Field
 from cmhash.datasets.source import SourceData, check_images_exist, multi_hot, source_root
 from cmhash.errors import CmhashError
 from cmhash.settings import Section
+
+if TYPE_CHECKING:
+    from cmhash.datasets.settings import DatasetSettings
 
 
 class Options(Section):
@@ -62,9 +65,9 @@ def _categories(data: dict[str, Any], path: Path) -> list[dict[str, Any]]:
     return categories
 
 
-def build(dataset: dict[str, Any], progress: bool) -> SourceData:
+def build(dataset: DatasetSettings, progress: bool) -> SourceData:
     root = source_root(dataset)
-    year, subsets = str(dataset["coco"]["year"]), list(dataset["coco"]["subsets"])
+    year, subsets = str(dataset.options.year), list(dataset.options.subsets)
     label_names: list[str] | None = None
     paths, rows, texts, owners = [], [], [], []
     summary = {"images": 0, "items": 0, "skipped_no_instance": 0, "skipped_no_caption": 0, "captions": 0}
@@ -116,7 +119,7 @@ def build(dataset: dict[str, Any], progress: bool) -> SourceData:
                       summary=summary)
 
 
-def expected(dataset: dict[str, Any], summary: dict[str, int]) -> dict[str, int]:
+def expected(dataset: DatasetSettings, summary: dict[str, int]) -> dict[str, int]:
     """80 categories; 122,218 items when the whole of train+val was read."""
-    full = sorted(dataset["coco"]["subsets"]) == ["train", "val"] and summary.get("images") == FULL_TRAIN_VAL["images"]
+    full = sorted(dataset.options.subsets) == ["train", "val"] and summary.get("images") == FULL_TRAIN_VAL["images"]
     return {"labels": N_CATEGORIES, **({"items": FULL_TRAIN_VAL["items"]} if full else {})}

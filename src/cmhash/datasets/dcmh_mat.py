@@ -20,7 +20,7 @@ words is empty are kept and counted (``items_without_words``; validate allows up
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -28,6 +28,9 @@ from cmhash.datasets.matfile import MatPixels, read_array, read_strings
 from cmhash.datasets.source import SourceData, source_root
 from cmhash.errors import CmhashError
 from cmhash.settings import Section
+
+if TYPE_CHECKING:
+    from cmhash.datasets.settings import DatasetSettings
 
 
 class Options(Section):
@@ -88,10 +91,10 @@ def label_names(given: list[str] | None, n_labels: int, option: str, path: Path)
     return [str(name) for name in names]
 
 
-def build(dataset: dict[str, Any], progress: bool) -> SourceData:
-    options = dataset["dcmh_mat"]
+def build(dataset: DatasetSettings, progress: bool) -> SourceData:
+    options = dataset.options
     root = source_root(dataset)
-    prefix = find_prefix(root, options["prefix"])
+    prefix = find_prefix(root, options.prefix)
     files = {part: root / f"{prefix}-{part}.mat" for part in ("iall", "lall", "yall", "fall")}
     labels = read_labels(files["lall"], "LAll")
     n = len(labels)
@@ -103,14 +106,14 @@ def build(dataset: dict[str, Any], progress: bool) -> SourceData:
     if named != n:
         raise CmhashError(f"{files['fall']}: 'FAll' names {named} images but the labels list {n}; the files do not "
                           "belong together.")
-    names = label_names(options["label_names"], labels.shape[1], "dcmh_mat.label_names", files["lall"])
+    names = label_names(options.label_names, labels.shape[1], "dcmh_mat.label_names", files["lall"])
     return SourceData(labels=labels, label_names=names, texts=[],
                       text_item=np.array([], dtype=np.int64), images=images, bag_of_words=bow.astype(np.uint8),
                       summary={"items": n, "vocabulary": int(bow.shape[1]), "image_size": int(images.shape[1]),
                                "items_without_words": int((bow.sum(axis=1) == 0).sum())})
 
 
-def expected(dataset: dict[str, Any], summary: dict[str, int]) -> dict[str, int]:
+def expected(dataset: DatasetSettings, summary: dict[str, int]) -> dict[str, int]:
     """The published counts when the prefix is one of the known files."""
-    prefix = find_prefix(source_root(dataset), dataset["dcmh_mat"]["prefix"])
+    prefix = find_prefix(source_root(dataset), dataset.options.prefix)
     return dict(KNOWN.get(prefix, {}))

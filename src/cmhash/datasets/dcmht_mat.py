@@ -17,7 +17,7 @@ missing, a blank caption or files of different lengths stop the stage; nothing i
 from __future__ import annotations
 
 from pathlib import Path, PurePosixPath, PureWindowsPath
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -26,6 +26,9 @@ from cmhash.datasets.matfile import pick_variable, read_strings
 from cmhash.datasets.source import SourceData, check_images_exist, source_root
 from cmhash.errors import CmhashError
 from cmhash.settings import Section
+
+if TYPE_CHECKING:
+    from cmhash.datasets.settings import DatasetSettings
 
 
 class Options(Section):
@@ -53,10 +56,10 @@ def relocate(paths: list[str], root: Path, index_file: Path) -> list[str]:
     return [PurePosixPath(*parts(path)[drop:]).as_posix() for path in paths]
 
 
-def build(dataset: dict[str, Any], progress: bool) -> SourceData:
-    options = dataset["dcmht_mat"]
+def build(dataset: DatasetSettings, progress: bool) -> SourceData:
+    options = dataset.options
     root = source_root(dataset)
-    files = {part: root / options[part] for part in ("index", "caption", "label")}
+    files = {part: root / getattr(options, part) for part in ("index", "caption", "label")}
     labels = read_labels(files["label"], pick_variable(files["label"], ("category", "label")))
     n = len(labels)
     stored = read_strings(files["index"], "index")
@@ -76,7 +79,7 @@ def build(dataset: dict[str, Any], progress: bool) -> SourceData:
     paths = relocate(stored, root, files["index"])
     check_images_exist(root, paths, lambda i: f"{files['index']}: item {i} ({stored[i]})", progress)
     return SourceData(
-        labels=labels, label_names=label_names(options["label_names"], labels.shape[1], "dcmht_mat.label_names", files["label"]),
+        labels=labels, label_names=label_names(options.label_names, labels.shape[1], "dcmht_mat.label_names", files["label"]),
         texts=[t.strip() for texts in per_item for t in texts],
         text_item=np.repeat(np.arange(n), [len(texts) for texts in per_item]),
         image_paths=paths, image_root=str(root),
@@ -84,5 +87,5 @@ def build(dataset: dict[str, Any], progress: bool) -> SourceData:
     )
 
 
-def expected(dataset: dict[str, Any], summary: dict[str, int]) -> dict[str, int]:
+def expected(dataset: DatasetSettings, summary: dict[str, int]) -> dict[str, int]:
     return {}

@@ -19,7 +19,7 @@ from __future__ import annotations
 import re
 from collections import Counter
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 import numpy as np
 from pydantic import Field
@@ -27,6 +27,9 @@ from pydantic import Field
 from cmhash.datasets.source import SourceData, source_root
 from cmhash.errors import CmhashError
 from cmhash.settings import Section
+
+if TYPE_CHECKING:
+    from cmhash.datasets.settings import DatasetSettings
 
 IMAGES = "mirflickr"
 TAGS = "mirflickr/meta/tags"
@@ -98,9 +101,9 @@ def read_tags(root: Path, numbers: list[int], progress: bool) -> dict[int, list[
     return tags
 
 
-def build(dataset: dict[str, Any], progress: bool) -> SourceData:
+def build(dataset: DatasetSettings, progress: bool) -> SourceData:
     """Items, labels, texts and bag of words after the classic filter."""
-    min_tag_count = dataset["mirflickr25k"]["min_tag_count"]
+    min_tag_count = dataset.options.min_tag_count
     root = source_root(dataset)
     numbers = _image_numbers(root)
     names, concepts = read_concepts(root, numbers)
@@ -132,8 +135,8 @@ def build(dataset: dict[str, Any], progress: bool) -> SourceData:
     )
 
 
-def expected(dataset: dict[str, Any], summary: dict[str, int]) -> dict[str, int]:
+def expected(dataset: DatasetSettings, summary: dict[str, int]) -> dict[str, int]:
     """24 labels always; the classic counts when the whole release was read with the classic filter."""
     full = (summary.get("images") == FULL_RELEASE["images"]
-            and dataset["mirflickr25k"]["min_tag_count"] == Options().min_tag_count)
+            and dataset.options.min_tag_count == Options().min_tag_count)
     return {"labels": N_CONCEPTS, **({"items": FULL_RELEASE["items"], "vocabulary": FULL_RELEASE["vocabulary"]} if full else {})}

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Annotated, Any, Iterator
+from typing import TYPE_CHECKING, Annotated, Iterator
 
 import numpy as np
 from pydantic import Field
@@ -31,6 +31,9 @@ from tqdm import tqdm
 from cmhash.datasets.source import SourceData, check_images_exist, source_root
 from cmhash.errors import CmhashError
 from cmhash.settings import Section
+
+if TYPE_CHECKING:
+    from cmhash.datasets.settings import DatasetSettings
 
 IMAGE_LIST = "ImageList/Imagelist.txt"
 LABELS = "Groundtruth/AllLabels"
@@ -138,8 +141,8 @@ def read_tag_list(root: Path) -> list[str]:
     return tags
 
 
-def build(dataset: dict[str, Any], progress: bool) -> SourceData:
-    n_concepts = dataset["nuswide"]["concepts"]
+def build(dataset: DatasetSettings, progress: bool) -> SourceData:
+    n_concepts = dataset.options.concepts
     root = source_root(dataset)
     list_file, images = read_image_list(root)
     columns = read_concepts(root, len(images), n_concepts, progress)
@@ -165,8 +168,8 @@ def build(dataset: dict[str, Any], progress: bool) -> SourceData:
                       summary=summary)
 
 
-def expected(dataset: dict[str, Any], summary: dict[str, int]) -> dict[str, int]:
+def expected(dataset: DatasetSettings, summary: dict[str, int]) -> dict[str, int]:
     """The concept count; the 1,000-tag vocabulary when the whole release was read. The papers' pair
     counts are not asserted (see docs/data.md)."""
     full = summary.get("images") == FULL_RELEASE_IMAGES
-    return {"labels": dataset["nuswide"]["concepts"], **({"vocabulary": 1000} if full else {})}
+    return {"labels": dataset.options.concepts, **({"vocabulary": 1000} if full else {})}

@@ -2,24 +2,27 @@
 
 Each source is one module of :mod:`cmhash.datasets` with two functions::
 
-    build(dataset: dict, progress: bool) -> SourceData      # read the user's files
-    expected(dataset: dict, summary: dict) -> dict[str, int]  # what validate checks for this source
+    build(dataset: DatasetSettings, progress: bool) -> SourceData      # read the user's files
+    expected(dataset: DatasetSettings, summary: dict) -> dict[str, int]  # what validate checks for this source
 
-``dataset`` is the ``dataset`` section of params.yaml as :func:`cmhash.pipeline.params.load_params` checked
-and completed it; a source's own options sit under ``dataset.<name>``, and the module declares
-them, with their defaults, as a schema class ``Options``. ``expected`` may return ``labels`` (label count), ``items`` (pairs) and
-``vocabulary`` (bag-of-words width) where the source defines them.
+``dataset`` is the dataset's settings (:mod:`cmhash.datasets.settings`); a source's own options
+are ``dataset.options``, which the module declares, with their defaults, as a schema class
+``Options``. ``expected`` may return ``labels`` (label count), ``items`` (pairs) and ``vocabulary``
+(bag-of-words width) where the source defines them.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
 from cmhash.errors import CmhashError
+
+if TYPE_CHECKING:
+    from cmhash.datasets.settings import DatasetSettings
 
 
 class PixelArray(Protocol):
@@ -50,14 +53,14 @@ class SourceData:
     vocabulary: list[str] | None = None
 
 
-def source_root(dataset: dict[str, Any]) -> Path:
+def source_root(dataset: DatasetSettings) -> Path:
     """``dataset.root``, which must be an existing folder."""
-    if not dataset.get("root"):
-        raise CmhashError(f"params.yaml: dataset.root must name the folder with the {dataset.get('name')} files.")
-    root = Path(dataset["root"]).expanduser().resolve()
+    if not dataset.root:
+        raise CmhashError(f"params.yaml: dataset.root must name the folder with the {dataset.name} files.")
+    root = Path(dataset.root).expanduser().resolve()
     if not root.is_dir():
         raise CmhashError(f"dataset.root {root} is not a folder; set dataset.root to where you put the "
-                          f"{dataset.get('name')} files (docs/data.md).")
+                          f"{dataset.name} files (docs/data.md).")
     return root
 
 

@@ -17,6 +17,7 @@ space, as in CLIP) and ``settings()`` (what is recorded in the features file).
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
 from typing import Annotated, Any
 
 import numpy as np
@@ -139,7 +140,17 @@ ENCODERS = Registry("encoder", {
 })
 
 
-def build_encoder(encode: dict[str, Any]) -> Encoder:
-    """Build the encoder that ``encode.backend`` names, with its settings from ``encode.<backend>``."""
-    backend = encode["backend"]
-    return ENCODERS.load(backend)(device=encode["device"], **encode[backend])
+@dataclass(frozen=True)
+class EncoderSpec:
+    """Which encoder to build: ``backend`` (a name of :data:`ENCODERS`), the ``device`` it runs on
+    and the backend's own ``settings`` (its constructor's keyword arguments: ``encode.<backend>``
+    in params.yaml). Plain values, so that Dask workers receive it and build their own encoder."""
+
+    backend: str
+    device: str = "auto"
+    settings: dict[str, Any] = field(default_factory=dict)
+
+
+def build_encoder(spec: EncoderSpec) -> Encoder:
+    """Build the encoder that ``spec`` describes."""
+    return ENCODERS.load(spec.backend)(device=spec.device, **spec.settings)

@@ -29,6 +29,7 @@ import json
 import shutil
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -46,7 +47,7 @@ from cmhash.errors import CmhashError
 from cmhash.features import normalise_rows, text_source
 
 if TYPE_CHECKING:
-    from cmhash.encoders import Encoder
+    from cmhash.encoders import Encoder, EncoderSpec
 
 SHARD_ITEMS = 4096
 
@@ -54,14 +55,14 @@ SHARD_ITEMS = 4096
 def encode_dataset(prepared_path: Path, out_path: Path, encoder: Encoder, batch_size: int | str = "auto",
                    progress: bool = True,
                    text: str = "auto", loaders: int = 2, shard_items: int = SHARD_ITEMS, workers: int = 0,
-                   scheduler: str | None = None, settings: dict[str, Any] | None = None) -> None:
+                   scheduler: str | None = None, spec: EncoderSpec | None = None) -> None:
     """Encode every image and text of a prepared file into the features file ``out_path``.
 
     ``encoder`` encodes in this process; with ``workers`` or ``scheduler`` the shards go to Dask
-    workers, which build their own encoder from ``settings`` (params.yaml's encode section).
+    workers, which build their own encoder from ``spec`` (the one that built ``encoder``).
     ``batch_size`` "auto" is chosen here, once, from this process's device (see encoders.batch_size)."""
-    if (workers or scheduler) and settings is None:
-        raise ValueError("Dask workers build their own encoder: give the encode settings")
+    if (workers or scheduler) and spec is None:
+        raise ValueError("Dask workers build their own encoder: give its spec")
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     if batch_size == "auto":
@@ -85,7 +86,7 @@ def encode_dataset(prepared_path: Path, out_path: Path, encoder: Encoder, batch_
         job = dict(prepared_path=str(prepared_path), batch_size=batch_size, text=text, fingerprint=fingerprint,
                    loaders=loaders)
         if workers or scheduler:
-            _encode_on_dask(folder, missing, job, settings, workers, scheduler, progress)
+            _encode_on_dask(folder, missing, job, spec, workers, scheduler, progress)
         else:
             with tqdm(total=n_items, initial=n_items - sum(stop - first for first, stop in missing), desc="encoding",
                       unit="item", disable=not progress) as bar:
@@ -280,24 +281,24 @@ def _exclusive(out_path: Path) -> Iterator[None]:
 
 # ---- on a Dask cluster
 
-_WORKER_ENCODERS: dict[str, Any] = {}  # one encoder per worker process and settings, built on first use
+_WORKER_ENCODERS: dict[str, Any] = {}  # one encoder per worker process and spec, built on first use
 
 
-def _worker_encoder(settings: dict[str, Any]):
-    key = json.dumps(settings, sort_keys=True)
+def _worker_encoder(spec: EncoderSpec):
+    key = json.dumps(asdict(spec), sort_keys=True)
     if key not in _WORKER_ENCODERS:
         from cmhash.encoders import build_encoder
 
-        _WORKER_ENCODERS[key] = build_encoder(settings)
+        _WORKER_ENCODERS[key] = build_encoder(spec)
     return _WORKER_ENCODERS[key]
 
 
-def _shard_task(folder: str, first: int, stop: int, settings: dict[str, Any], job: dict[str, Any]) -> str:
+def _shard_task(folder: str, first: int, stop: int, spec: EncoderSpec, job: dict[str, Any]) -> str:
     """What a Dask worker runs: one shard, with the worker's own encoder."""
-    return str(encode_shard(Path(folder), first, stop, _worker_encoder(settings), **job))
+    return str(encode_shard(Path(folder), first, stop, _worker_encoder(spec), **job))
 
 
-def _encode_on_dask(folder: Path, shards: list[tuple[int, int]], job: dict[str, Any], settings: dict[str, Any],
+def _encode_on_dask(folder: Path, shards: list[tuple[int, int]], job: dict[str, Any], spec: EncoderSpec,
                     workers: int, scheduler: str | None, progress: bool) -> None:
     from distributed import Client, LocalCluster, as_completed
 
@@ -307,7 +308,7 @@ def _encode_on_dask(folder: Path, shards: list[tuple[int, int]], job: dict[str, 
                                                   dashboard_address=None)
     try:
         with Client(scheduler or cluster) as client:
-            futures = [client.submit(_shard_task, str(folder), first, stop, settings, job, key=f"encode-{first}-{stop}",
+            futures = [client.submit(_shard_task, str(folder), first, stop, spec, job, key=f"encode-{first}-{stop}",
                                      pure=False) for first, stop in shards]
             with tqdm(total=len(futures), desc="encoding shards", unit="shard", disable=not progress) as bar:
                 for future in as_completed(futures):

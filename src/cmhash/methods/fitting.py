@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -13,6 +13,9 @@ from cmhash.codes import SplitCodes
 from cmhash.errors import CmhashError
 from cmhash.features import Features
 from cmhash.methods import HashingMethod
+
+if TYPE_CHECKING:
+    from cmhash.encoders import EncoderSpec
 
 
 def fit_on_features(model: HashingMethod, features: Features, splits: dict[str, np.ndarray], labels: np.ndarray):
@@ -32,16 +35,16 @@ def _encode_rows(model: HashingMethod, features: Features, rows: np.ndarray) -> 
     return SplitCodes(rows, images=model.encode(images=features.images[rows]), texts=model.encode(texts=features.texts[rows]))
 
 
-def fit_end_to_end(model: HashingMethod, path: Path, encode: dict[str, Any], seed: int, splits, labels):
-    """Fit a method that fine-tunes the open_clip towers that ``encode`` (params.yaml's encode
-    section, with the device to train on) describes, on the train split's pixels and captions in the
+def fit_end_to_end(model: HashingMethod, path: Path, towers: EncoderSpec, seed: int, splits, labels):
+    """Fit a method that fine-tunes the open_clip towers that ``towers`` describes (on the device to
+    train on), on the train split's pixels and captions in the
     prepared file ``path``; encode the query and retrieval splits through them; fit seconds."""
     import torch
 
     from cmhash.datasets.prepared import PreparedData
     from cmhash.encoders import build_encoder
 
-    if encode["backend"] != "open_clip":
+    if towers.backend != "open_clip":
         raise CmhashError("params.yaml: fine-tuning (methods.dcmht.mode: finetune) trains the open_clip towers; set "
                           "encode.backend: open_clip, or use mode: frozen.")
     with PreparedData(path) as data:
@@ -49,9 +52,9 @@ def fit_end_to_end(model: HashingMethod, path: Path, encode: dict[str, Any], see
             raise CmhashError(f"{path}: fine-tuning needs captions, and this dataset's text is only a bag of words; "
                               "use methods.dcmht.mode: frozen.")
         torch.manual_seed(seed)  # reproducible towers even without pretrained weights
-        towers = build_encoder(encode)
+        encoder = build_encoder(towers)
         started = time.perf_counter()
-        model.fit_end_to_end(data, towers, splits["train"], labels[splits["train"]])
+        model.fit_end_to_end(data, encoder, splits["train"], labels[splits["train"]])
         seconds = time.perf_counter() - started
         codes = {}
         for split in ("query", "retrieval"):

@@ -225,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
         if extra is None:
             raise
         print(f"cmhash {args.stage}: error: {err.name} is not installed; `cmhash {args.stage}` needs the {extra} extra: "
-              f"python -m pip install 'cmhash[{extra}]' (the README's install line, '.[all,dev]', has every extra).", file=sys.stderr)
+              f"python -m pip install 'cmhash[{extra}]' (the README's install line, '.[dev]', has every extra).", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print(f"cmhash {args.stage}: interrupted; outputs are written atomically, so rerun the stage to start again or resume.", file=sys.stderr)
@@ -236,10 +236,11 @@ def main(argv: list[str] | None = None) -> int:
 def search_service(params: dict, layout):
     """The search service over the indexes of ``layout``, encoding queries as ``params`` encoded the
     features."""
+    from cmhash.pipeline.params import encoder_spec
     from cmhash.service.search_service import SearchService, ServiceSettings
 
     return SearchService(ServiceSettings(
-        index_root=layout.index_root(), metrics_root=layout.metrics_root(), encode=params["encode"],
+        index_root=layout.index_root(), metrics_root=layout.metrics_root(), encoder=encoder_spec(params["encode"]),
         max_image_pixels=params["dataset"]["max_image_pixels"], map_ks=tuple(params["evaluate"]["map_ks"])))
 
 

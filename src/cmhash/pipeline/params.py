@@ -14,13 +14,17 @@ import difflib
 import functools
 import typing
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import BaseModel, Field, ValidationError, create_model, field_validator
 
 from cmhash.errors import CmhashError, quote
 from cmhash.pipeline.params_file import read_yaml_file
 from cmhash.settings import Count, Device, Section, Seed, settings_model
+
+if TYPE_CHECKING:
+    from cmhash.datasets.settings import DatasetSettings
+    from cmhash.encoders import EncoderSpec
 
 
 @functools.cache
@@ -41,32 +45,10 @@ def _method_models(partial: bool) -> dict[str, type[Section]]:
 SECTIONS = ("dataset", "encode", "train", "methods", "dataset_overrides", "evaluate")
 
 
-@functools.cache
 def _dataset_model() -> type[Section]:
-    from cmhash.datasets import SOURCES, source_module
-    from cmhash.datasets.source import MAX_IMAGE_PIXELS
-    from cmhash.datasets.splits import parse_split
+    from cmhash.datasets.settings import DatasetSettings
 
-    sources = {name: (source_module(name).Options, source_module(name).Options()) for name in SOURCES}
-    dataset_fields: dict[str, Any] = dict(
-        name=(Literal[tuple(SOURCES)], ...),
-        seed=(Seed, 0),
-        root=(str | None, None),
-        # 1 Gpx at most: decoding one such RGB image takes 3 GB
-        max_image_pixels=(Annotated[int, Field(ge=1, le=1_000_000_000)], MAX_IMAGE_PIXELS),
-        split=(str | dict[str, int | str] | None, None),
-        **sources,
-    )
-
-    def check_split(cls, value, info):
-        try:
-            parse_split(value, 0, getattr(source_module(info.data.get("name", "builtin")), "DEFAULT_SPLIT", None))
-        except CmhashError as err:
-            raise ValueError(str(err).removeprefix("params.yaml: ")) from None
-        return value
-
-    return create_model("Dataset", __base__=Section, __validators__={
-        "split_is_a_protocol_or_sizes": field_validator("split")(check_split)}, **dataset_fields)
+    return DatasetSettings
 
 
 @functools.cache
@@ -148,19 +130,24 @@ def schema(sections: tuple[str, ...] = SECTIONS) -> type[Section]:
 def validate_params(raw: Any, path: str | Path = "params.yaml", sections: tuple[str, ...] = SECTIONS) -> dict[str, Any]:
     """``raw`` checked against :func:`schema` (``sections`` of it), completed with the defaults, as a
     plain dict (the sections not checked are left as they are)."""
-    if not isinstance(raw, dict):
-        raise CmhashError(f"{path}: expected a mapping of stage names to settings, got {type(raw).__name__}.")
-    model = schema(tuple(sections))
-    try:
-        checked = model.model_validate(raw)
-    except ValidationError as err:
-        problems = [_describe(error, model) for error in err.errors()]
-        more = f" (and {len(problems) - 1} more: {'; '.join(problems[1:4])})" if len(problems) > 1 else ""
-        raise CmhashError(f"{path}: {problems[0]}{more}") from None
+    checked = _checked(raw, path, tuple(sections))
     params = checked.model_dump(by_alias=True)
     if "dataset_overrides" in sections:  # only what is set
         params["dataset_overrides"] = checked.dataset_overrides.model_dump(by_alias=True, exclude_none=True)
     return params
+
+
+def _checked(raw: Any, path: str | Path, sections: tuple[str, ...]) -> BaseModel:
+    """``raw`` as :func:`schema` (``sections`` of it) reads it, or an error of one line per problem."""
+    if not isinstance(raw, dict):
+        raise CmhashError(f"{path}: expected a mapping of stage names to settings, got {type(raw).__name__}.")
+    model = schema(sections)
+    try:
+        return model.model_validate(raw)
+    except ValidationError as err:
+        problems = [_describe(error, model) for error in err.errors()]
+        more = f" (and {len(problems) - 1} more: {'; '.join(problems[1:4])})" if len(problems) > 1 else ""
+        raise CmhashError(f"{path}: {problems[0]}{more}") from None
 
 
 def _describe(error: dict[str, Any], model: type[BaseModel]) -> str:
@@ -214,6 +201,19 @@ def load_params(path: str | Path = "params.yaml", sections: tuple[str, ...] = SE
             "(the folder with dvc.yaml and params.yaml) or pass --params PATH."
         )
     return validate_params(read_yaml_file(path), path, sections)
+
+
+def dataset_settings(params: dict[str, Any], path: str | Path = "params.yaml") -> DatasetSettings:
+    """The ``dataset`` section, checked and typed, as the library takes it."""
+    return _checked({"dataset": params.get("dataset")}, path, ("dataset",)).dataset
+
+
+def encoder_spec(encode: dict[str, Any], device: str | None = None) -> EncoderSpec:
+    """The encoder that the checked ``encode`` section describes, as the library builds it; on
+    ``device`` (default: ``encode.device``)."""
+    from cmhash.encoders import EncoderSpec
+
+    return EncoderSpec(encode["backend"], device or encode["device"], dict(encode[encode["backend"]]))
 
 
 def method_params(params: dict[str, Any], method: str) -> dict[str, Any]:

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -35,6 +35,9 @@ from cmhash.atomic import write_json
 from cmhash.datasets.prepared import SPLIT_NAMES, PreparedData
 from cmhash.datasets.splits import SplitProtocol
 from cmhash.errors import CmhashError, ValidationFailed
+
+if TYPE_CHECKING:
+    from cmhash.datasets.settings import DatasetSettings
 
 EXAMPLES = 5  # offending ids quoted per failed expectation
 
@@ -241,7 +244,7 @@ def duplicate_query_warnings(data: PreparedData) -> list[str]:
             "(for your own data, dataset.byo.deduplicate: true drops duplicates)"]
 
 
-def validate_prepared(prepared_path: Path, report_path: Path, dataset: dict[str, Any]) -> dict[str, Any]:
+def validate_prepared(prepared_path: Path, report_path: Path, dataset: DatasetSettings) -> dict[str, Any]:
     """Validate a prepared file against the ``dataset`` parameters; write the JSON report; raise
     ValidationFailed on any failure."""
     from cmhash.datasets import expected_counts, split_protocol

@@ -23,12 +23,15 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from cmhash.errors import CmhashError, quote
 from cmhash.search.query import SearchError, check_recipe, query_features, text_notes
+
+if TYPE_CHECKING:
+    from cmhash.encoders import EncoderSpec
 
 MAX_UPLOAD_BYTES = 10 * 1024 * 1024
 MAX_K = 10_000
@@ -118,7 +121,7 @@ class ServiceSettings:
 
     index_root: Path            # items/ and one <method>-<bits>/ folder per index (data/index)
     metrics_root: Path          # <method>-<bits>.json: the scores the list of indexes shows (metrics)
-    encode: dict[str, Any]      # the encoder of queries: the settings the features were encoded with
+    encoder: EncoderSpec        # the encoder of queries: the one the features were encoded with
     max_image_pixels: int       # a query image above this is refused (413)
     map_ks: tuple[int, ...] = ()  # the mAP@k shown besides mAP@all: those the evaluation computes
 
@@ -199,7 +202,7 @@ class SearchService:
 
         with self._lock:
             if self._encoder is None:
-                self._encoder = build_encoder(self.settings.encode)
+                self._encoder = build_encoder(self.settings.encoder)
         return self._encoder
 
     def index(self, method: Any, bits: Any) -> LoadedIndex:
@@ -227,7 +230,7 @@ class SearchService:
                 try:
                     files = IndexFiles.read(folder, key[0], bits, len(self.items))
                     codes = {kind: files.codes(kind) for kind in kinds_of(files.info["fused"])}
-                    model = files.model(self.settings.encode["device"])
+                    model = files.model(self.settings.encoder.device)
                 except SearchError:
                     raise
                 except CmhashError as err:

@@ -13,7 +13,7 @@ from cmhash.features import check_made_from, read_features
 from cmhash.methods import build_method, check_method_and_bits, save_model
 from cmhash.methods.fitting import fit_end_to_end, fit_on_features
 from cmhash.pipeline.layout import Layout
-from cmhash.pipeline.params import method_params
+from cmhash.pipeline.params import encoder_spec, method_params
 
 # methods.<name> and its dataset_overrides entry are checked by method_params, for this method only
 SECTIONS = ("dataset", "encode", "train")
@@ -32,7 +32,7 @@ def run(params: dict[str, Any], layout: Layout, method: str, bits: int, progress
     train_idx = splits["train"]
     out_dir = layout.model_dir(method, bits)
     if model.end_to_end:  # trains the encoder towers too: reads pixels and captions
-        codes, seconds = fit_end_to_end(model, layout.prepared(name), {**params["encode"], "device": params["train"]["device"]},
+        codes, seconds = fit_end_to_end(model, layout.prepared(name), encoder_spec(params["encode"], params["train"]["device"]),
                                         seed, splits, labels)
     else:
         codes, seconds = fit_on_features(model, features, splits, labels)

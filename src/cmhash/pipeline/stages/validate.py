@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from cmhash.pipeline.layout import Layout
+from cmhash.pipeline.params import dataset_settings
 from cmhash.pipeline.validation import validate_prepared
 
 SECTIONS = ("dataset",)
@@ -12,4 +13,4 @@ SECTIONS = ("dataset",)
 
 def run(params: dict[str, Any], layout: Layout) -> dict[str, Any]:
     name = params["dataset"]["name"]
-    return validate_prepared(layout.prepared(name), layout.validation_report(name), params["dataset"])
+    return validate_prepared(layout.prepared(name), layout.validation_report(name), dataset_settings(params))
