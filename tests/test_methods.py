@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from cmhash.errors import CmhashError
-from cmhash.methods import build_method, load_model, save_model
+from cmhash.methods import build_method, load_model, method_class, save_model
 from cmhash.methods.djsrh import joint_semantic_affinity
 from cmhash.methods.network import affinity_reconstruction_loss
 
@@ -113,7 +113,7 @@ def test_aligned_baselines_share_one_projection():
 def test_unknown_method_and_setting_are_clear_errors():
     with pytest.raises(CmhashError, match="known hashing methods"):
         build_method("nope", 8, {})
-    with pytest.raises(CmhashError, match="methods.djsrh has unknown setting"):
+    with pytest.raises(CmhashError, match="methods.djsrh: unknown setting learning_rate; accepted: batch_size, beta, epochs"):
         build_method("djsrh", 8, {"learning_rate": 1})
     with pytest.raises(CmhashError, match="ITQ needs bits"):
         build_method("itq", 10, {}).fit(*_features())
@@ -347,7 +347,10 @@ def test_a_diverging_loss_stops_training_naming_the_method_epoch_and_cause():
     image, text = _features(n=64)
     with pytest.raises(CmhashError, match=r"JDSH 8 bits: the loss became nan in epoch 1 of 3; the likely cause is a "
                                           r"learning rate too high .*methods.jdsh.lr = 1000000000.0\): lower it"):
-        build_method("jdsh", 8, {**TINY, "epochs": 3, "lr": 1e9}, device="cpu").fit(image, text)
+        # (build_method refuses lr above 10; the class itself is built here, as a library user may)
+        method_class("jdsh")(bits=8, device="cpu", **{**TINY, "epochs": 3, "lr": 1e9}).fit(image, text)
+    with pytest.raises(CmhashError, match=r"methods.jdsh: lr is 1000000000.0: input should be less than or equal to 10"):
+        build_method("jdsh", 8, {**TINY, "lr": 1e9})
 
 
 def test_collapsed_codes_are_reported(project):

@@ -24,6 +24,7 @@ editing one method reruns that method only.
 
 from __future__ import annotations
 
+import functools
 import inspect
 import io
 from abc import ABC, abstractmethod
@@ -32,9 +33,11 @@ from typing import Annotated, Any
 
 import numpy as np
 from annotated_types import Ge, Gt, Le
+from pydantic import ValidationError
 
 from cmhash.errors import CmhashError
 from cmhash.methods.registry import METHODS
+from cmhash.settings import Section, settings_model
 
 # The ranges of the settings a method takes, declared in its constructor's signature (``epochs:
 # Epochs = 40``): params.yaml's schema reads the types, ranges and defaults from there, so each
@@ -103,22 +106,39 @@ def method_class(name: str) -> type:
     return METHODS.load(name)
 
 
+@functools.cache
+def settings_schema(name: str, partial: bool = False) -> type[Section]:
+    """The schema of method ``name``'s settings, read from its constructor's signature: types,
+    ranges and defaults (``partial``: every setting optional, no default filled in). params.yaml's
+    schema is made of these, and :func:`build_method` checks with them."""
+    return settings_model(method_class(name), f"{name}{'Override' if partial else 'Settings'}", partial)
+
+
 def build_method(
     name: str, bits: int, settings: dict[str, Any], seed: int = 0, device: str = "auto", progress: bool = False
 ) -> HashingMethod:
-    """Instantiate a registered method; unknown settings are an error that names them.
+    """Instantiate a registered method with ``settings`` (its keyword settings; those not given take
+    their defaults); an unknown setting, a wrong type or a value out of range is an error that names it.
 
     ``progress`` turns on the per-epoch progress bar of the methods that train iteratively.
     """
     check_method_and_bits(name, bits)
     cls = method_class(name)
-    parameters = set(inspect.signature(cls).parameters)
-    accepted = parameters - {"bits", "seed", "device", "progress"}
-    unknown = sorted(set(settings) - accepted)
-    if unknown:
-        raise CmhashError(f"params.yaml: methods.{name} has unknown setting(s) {', '.join(unknown)}; accepted: {', '.join(sorted(accepted)) or 'none'}.")
-    extra = {"progress": progress} if "progress" in parameters else {}
+    try:
+        settings_schema(name, partial=True).model_validate(settings)
+    except ValidationError as err:
+        raise CmhashError(f"params.yaml: methods.{name}: {_problem(err.errors()[0], name)}") from None
+    extra = {"progress": progress} if "progress" in inspect.signature(cls).parameters else {}
     return cls(bits=int(bits), seed=int(seed), device=device, **settings, **extra)
+
+
+def _problem(error: dict[str, Any], name: str) -> str:
+    """One line for a settings error: the setting, the value given and what is expected."""
+    setting = ".".join(str(part) for part in error["loc"])
+    if error["type"] == "extra_forbidden":
+        accepted = ", ".join(sorted(field.alias or key for key, field in settings_schema(name, True).model_fields.items()))
+        return f"unknown setting {setting}; accepted: {accepted or 'none'}"
+    return f"{setting} is {error.get('input')!r}: {error['msg'].lower()}"
 
 
 def to_codes(values: np.ndarray) -> np.ndarray:

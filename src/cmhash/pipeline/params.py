@@ -27,13 +27,12 @@ if TYPE_CHECKING:
     from cmhash.encoders import EncoderSpec
 
 
-@functools.cache
 def _method_model(name: str, partial: bool) -> type[Section]:
     """The schema of one method's settings (``partial``: of its per-dataset overrides). Built from
     that method's class alone, so checking one method's settings imports that method only."""
-    from cmhash.methods import method_class
+    from cmhash.methods import settings_schema
 
-    return settings_model(method_class(name), f"{name}{'Override' if partial else 'Settings'}", partial)
+    return settings_schema(name, partial)
 
 
 def _method_models(partial: bool) -> dict[str, type[Section]]:
