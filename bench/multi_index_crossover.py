@@ -36,6 +36,26 @@ def clustered_packed_codes(n: int, bits: int, seed: int, clusters: int, flip: fl
     return out
 
 
+def faiss_multi_hash(database: np.ndarray, queries: np.ndarray, bits: int, substrings: int, k: int,
+                     exact_distances: np.ndarray, flips: list[int]) -> list[dict]:
+    """FAISS's multi-index hashing (IndexBinaryMultiHash, ``substrings`` tables of bits / substrings
+    bits) at each flip radius: batch QPS, and the share of queries given exactly the k nearest distances."""
+    import faiss
+
+    rows = []
+    for flip in flips:
+        index = faiss.IndexBinaryMultiHash(bits, substrings, bits // substrings)
+        index.nflip = flip
+        index.add(database)
+        index.search(queries[:2], k)
+        seconds, (distances, _) = fastest(lambda index=index: index.search(queries, k), 2)
+        exact = float(np.mean([np.array_equal(np.sort(found), np.sort(want)) for found, want in zip(distances, exact_distances)]))
+        rows.append({"nflip": flip, "batch_qps": round(len(queries) / seconds, 1), "exact_share": round(exact, 3)})
+        print(f"  FAISS IndexBinaryMultiHash, nflip={flip}: batch {len(queries) / seconds:,.0f} QPS, "
+              f"{exact:.0%} of queries with the exact k distances", flush=True)
+    return rows
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--items", type=int, nargs="+", default=[100_000, 300_000, 1_000_000, 3_000_000, 10_000_000])
@@ -46,6 +66,9 @@ def main(argv=None) -> int:
     parser.add_argument("--flip", type=float, default=0.1)
     parser.add_argument("--queries", type=int, default=50)
     parser.add_argument("--batch", type=int, default=200)
+    parser.add_argument("--faiss-flips", type=int, nargs="*", default=[],
+                        help="also time FAISS's IndexBinaryMultiHash (same substrings) at these flip radii, and count "
+                             "the queries whose k distances are the exact ones (its search stops at that radius)")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "multi_index_crossover.json")
     args = parser.parse_args(argv)
 
@@ -73,6 +96,9 @@ def main(argv=None) -> int:
                    "one_query_ms": {"scan": single_query_latencies(scan.search, queries[:args.queries], k)["median_ms"],
                                     "multi_index": single_query_latencies(multi.search, queries[:args.queries], k)["median_ms"]},
                    "batch_qps": {"scan": round(args.batch / scan_batch, 1), "multi_index": round(args.batch / multi_batch, 1)}}
+            if args.faiss_flips:
+                row["faiss_multi_hash"] = faiss_multi_hash(database, queries[:args.batch], args.bits, multi.substrings, k,
+                                                           scan.search(queries[:args.batch], k)[0], args.faiss_flips)
             rows.append(row)
             print(f"{kind:9} {n:>10,} items, k={k:3}, m={multi.substrings}: one query scan {row['one_query_ms']['scan']:.2f} ms, "
                   f"multi-index {row['one_query_ms']['multi_index']:.2f} ms; batch scan {row['batch_qps']['scan']:,.0f} "

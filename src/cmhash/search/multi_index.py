@@ -12,6 +12,12 @@ It pays off on codes clustered as a trained model's are, from about a million it
 codes the scan stays faster at every size measured (bench/multi_index_crossover.py, bench/README.md).
 The tables cost 4 bytes an item and substring, plus 8 bytes per possible
 substring value (2^b; b is about log2 of the item count, at most 22).
+
+Why not FAISS's ``IndexBinaryMultiHash``: it probes each table only up to a fixed flip radius
+(``nflip``) and returns the nearest items it met there, so its k nearest are exact only when they
+lie within that radius, which no setting guarantees. On 1M clustered 64-bit codes, k = 10, it gave
+3,845 queries/s with 93 % of queries exact at nflip 1, and 589 queries/s with 100 % at nflip 2;
+this module, exact on every query by its stopping rule, 4,516 queries/s (bench/README.md).
 """
 
 from __future__ import annotations
