@@ -8,6 +8,7 @@ adds to the stage before it). Kinds are the part of the name before '@' (train@d
 
     python bench/repro_times.py --project /path/to/fresh/clone            # -> bench/results/repro_times.json
     python bench/repro_times.py --project . --out times.json -- --force   # arguments after -- go to dvc repro
+    python bench/repro_times.py --from-log stamped.log                   # summarise a log that --log wrote
 
 The results file holds the command, the machine, the total, every stage's seconds, the totals by
 kind (and by method for train), and the last lines of the output.
@@ -34,8 +35,16 @@ def main(argv=None) -> int:
     parser.add_argument("--project", type=Path, default=Path("."), help="the DVC project (default: .)")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "repro_times.json")
     parser.add_argument("--log", type=Path, help="also write every stamped line of the output here")
+    parser.add_argument("--from-log", type=Path,
+                        help="run nothing: summarise a stamped log that --log wrote (the exit status is then unknown)")
     parser.add_argument("dvc_args", nargs="*", help="extra arguments for dvc repro (after --)")
     args = parser.parse_args(argv)
+    if args.from_log:
+        stamped = args.from_log.read_text().splitlines()
+        marks = [(match[1], float(seconds)) for seconds, _, line in (entry.strip().partition(" ") for entry in stamped)
+                 if (match := _RUNNING.match(line))]
+        total = float(stamped[-1].split()[0]) if stamped else 0.0
+        return summarise(args, stamped, marks, total, returncode=None, interrupted=False)
 
     def stop(signum, frame):  # a time limit (SIGTERM): keep what was measured
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
@@ -65,10 +74,16 @@ def main(argv=None) -> int:
     total = time.perf_counter() - started
     if log:
         log.close()
+    return summarise(args, stamped, marks, total, returncode, interrupted)
+
+
+def summarise(args, stamped: list[str], marks: list[tuple[str, float]], total: float, returncode: int | None,
+              interrupted: bool) -> int:
+    """Each stage's seconds (from its start mark to the next), totals by kind and by method; written to ``args.out``."""
     stages = {name: round(end - start, 2) for (name, start), (_, end) in zip(marks, marks[1:] + [("", total)])}
     by_kind: dict[str, float] = defaultdict(float)
     train_by_method: dict[str, float] = defaultdict(float)
-    for name, seconds in stages.items.run():
+    for name, seconds in stages.items():
         kind, _, item = name.partition("@")
         by_kind[kind] += seconds
         if kind == "train":
@@ -81,7 +96,7 @@ def main(argv=None) -> int:
                   by_kind={kind: round(seconds, 1) for kind, seconds in by_kind.items()},
                   train_by_method={method: round(seconds, 1) for method, seconds in train_by_method.items()},
                   stages=stages, tail=stamped[-40:])
-    return returncode
+    return returncode or 0
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""The benchmarks run (on tiny sizes), so that they do not rot: slow tier."""
+"""The benchmarks run (on tiny sizes), so that they do not rot: the slow tier, and the e2e tier for the quick ones."""
 
 import json
 import subprocess
@@ -22,7 +22,7 @@ def test_train_step_bench_times_each_method_against_its_own_networks(tmp_path):
     assert rows["cfrh"]["parameters"]["image_decoder"][-1] == [1664]
 
 
-@pytest.mark.slow
+@pytest.mark.e2e  # a real dvc repro of a two-stage project
 def test_repro_times_bench_times_every_stage(tmp_path):
     (tmp_path / "dvc.yaml").write_text("stages:\n  a:\n    cmd: echo a > a.txt\n    outs: [a.txt]\n"
                                        "  b:\n    cmd: cp a.txt b.txt\n    deps: [a.txt]\n    outs: [b.txt]\n")
@@ -34,3 +34,11 @@ def test_repro_times_bench_times_every_stage(tmp_path):
     assert result.returncode == 0, result.stdout + result.stderr
     times = json.loads(out.read_text())
     assert times["returncode"] == 0 and sorted(times["stages"]) == ["a", "b"] and times["total_seconds"] > 0
+    # the same summary, from the stamped log alone
+    log, again = tmp_path / "stamped.log", tmp_path / "again.json"
+    log.write_text("\n".join(times["tail"]) + "\n")
+    subprocess.run([sys.executable, str(REPO / "bench" / "repro_times.py"), "--from-log", str(log), "--out", str(again)],
+                   cwd=REPO, env=COMMAND_ENV, check=True, capture_output=True)
+    # (the log's stamps are rounded to 10 ms; the last stage ends at the last line rather than at the exit)
+    summary = json.loads(again.read_text())
+    assert sorted(summary["stages"]) == ["a", "b"] and abs(summary["stages"]["a"] - times["stages"]["a"]) <= 0.02
