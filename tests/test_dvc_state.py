@@ -118,10 +118,13 @@ def test_stage_processes_end_with_the_process_that_started_them(repo):
                               stderr=subprocess.DEVNULL)
 
     def stage_processes():
+        """This stage's dvc, shell and sleep: the processes running in this repository (another
+        ``sleep 4...`` on the machine is not one of them)."""
         found = []
-        for process in psutil.process_iter(["cmdline", "status"]):
+        for process in psutil.process_iter(["cmdline", "status", "cwd"]):
             cmdline = " ".join(process.info["cmdline"] or [])
-            if process.info["status"] != psutil.STATUS_ZOMBIE and ("sleep 4" in cmdline or "repro --single-item slow" in cmdline):
+            if (process.info["status"] != psutil.STATUS_ZOMBIE and process.info["cwd"] == str(repo)
+                    and ("sleep 4" in cmdline or "repro --single-item slow" in cmdline)):
                 found.append(process.pid)
         return found
 
