@@ -5,7 +5,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import COMMAND_ENV, REPO
+from conftest import COMMAND_ENV, REPO, run_command, scratch_project, tiny_params
 
 
 @pytest.mark.slow
@@ -42,3 +42,16 @@ def test_repro_times_bench_times_every_stage(tmp_path):
     # (the log's stamps are rounded to 10 ms; the last stage ends at the last line rather than at the exit)
     summary = json.loads(again.read_text())
     assert sorted(summary["stages"]) == ["a", "b"] and abs(summary["stages"]["a"] - times["stages"]["a"]) <= 0.02
+
+
+@pytest.mark.e2e  # dvc repro of one stage of a scratch project, then the bench around it
+def test_stage_overhead_bench_takes_a_stage_apart(tmp_path):
+    project = scratch_project(tmp_path / "project", tiny_params())
+    run_command(["dvc", "repro", "check-params"], project)
+    out = tmp_path / "overhead.json"
+    result = subprocess.run([sys.executable, str(REPO / "bench" / "stage_overhead.py"), "--project", str(project),
+                             "--stages", "check-params", "--repeats", "1", "--out", str(out)],
+                            cwd=REPO, env=COMMAND_ENV, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+    (row,) = json.loads(out.read_text())["stages"]
+    assert row["stage"] == "check-params" and row["dvc_repro"] > row["command"] > 0 and row["imports"] > 0
