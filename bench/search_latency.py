@@ -42,7 +42,7 @@ def main(argv=None) -> int:
 
     from cmhash.search.index_files import Items
 
-    items = Items.read(args.root / "data" / "index" / "items")
+    items = Items.read(args.root / "data" / "items")
     rng = np.random.default_rng(0)
     texts = [f"a photo of a {' and a '.join(rng.choice(items.label_names, rng.integers(1, 3), replace=False))}"
              for _ in range(args.queries)]

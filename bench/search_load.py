@@ -75,11 +75,11 @@ def main(argv=None) -> int:
 
     from cmhash.search.index_files import Items
 
-    items = Items.read(args.root / "data" / "index" / "items")
+    items = Items.read(args.root / "data" / "items")
     rng = random.Random(0)
     phrases = [f"a photo of a {name}" for name in items.label_names] + [f"a {a} and a {b}" for a in items.label_names[:6]
                                                                         for b in items.label_names[6:12]]
-    thumbnails = [(args.root / "data" / "index" / "items" / "images" / f"{i}.jpg").read_bytes() for i in range(0, 200, 10)]
+    thumbnails = [(args.root / "data" / "items" / "images" / f"{i}.jpg").read_bytes() for i in range(0, 200, 10)]
 
     def make_request():
         query = {"method": args.method, "bits": args.bits, "k": args.k}

@@ -29,7 +29,7 @@ from pathlib import Path
 
 from machine import write_results
 
-DEFAULT_STAGES = ["evaluate@lsh-16", "index@lsh-16", "train@lsh-16", "items", "report"]
+DEFAULT_STAGES = ["evaluate", "index", "train@lsh-16", "items", "report"]
 
 
 def wall(command: list[str], project: Path, repeats: int) -> float:

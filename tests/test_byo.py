@@ -82,7 +82,7 @@ def test_byo_runs_through_the_whole_pipeline(tmp_path, clip_config):
     stages.encode.run(params, layout, progress=False)
     for method in ("lsh", "djsrh", "dcmht"):
         stages.train.run(params, layout, method, 16, progress=False)
-        scores = stages.evaluate.run(params, layout, method, 16, progress=False)
+        scores = stages.evaluate.run(params, layout, [(method, 16)], progress=False)[method, 16]
         assert 0 < scores["i2t"]["map_all"] <= 1
 
 

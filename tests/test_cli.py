@@ -51,8 +51,10 @@ def test_from_dvc_stage_checks_the_stage_name(tmp_path, capsys, monkeypatch):
     assert main(args) == 1
     assert "bits is 300: a code length is a whole number of bits from 1 to 255" in capsys.readouterr().err
     monkeypatch.delenv("DVC_STAGE")
-    assert main(["evaluate", "--params", str(tmp_path / "params.yaml"), "--root", str(tmp_path)]) == 1
-    assert "give --method and --bits" in capsys.readouterr().err
+    assert main(["evaluate", "--method", "lsh", "--params", str(tmp_path / "params.yaml"), "--root", str(tmp_path)]) == 1
+    assert "give both --method and --bits (one model), or neither" in capsys.readouterr().err
+    assert main(["evaluate", "--params", str(tmp_path / "params.yaml"), "--root", str(tmp_path)]) == 1  # nothing prepared
+    assert "data/prepared/builtin.h5" in capsys.readouterr().err
 
 
 def test_every_command_keeps_openmp_threads_from_spinning_for_long(monkeypatch):

@@ -117,8 +117,8 @@ def closures(tmp_path_factory, clip_config):
     runs["encode"] = _stage("encode", tiny_params(clip_config), layout, False) | _stage("encode", params, layout, False)
     for method in METHODS:
         runs[f"train@{method}-16"] = _stage("train", params, layout, method, 16, False)
-        runs[f"evaluate@{method}-16"] = _stage("evaluate", params, layout, method, 16, False)
-        runs[f"index@{method}-16"] = _stage("index", params, layout, method, 16)
+    runs["evaluate"] = _stage("evaluate", params, layout, None, False)
+    runs["index"] = _stage("index", params, layout)
     runs["items"] = _stage("items", params, layout, False)
     runs["report"] = _stage("report", params, layout)
     return runs

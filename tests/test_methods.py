@@ -371,7 +371,7 @@ def test_collapsed_codes_are_reported(project):
     stages.train.run(params, layout, "djsrh", 16, progress=False)
     warnings = json.loads((layout.model_dir("djsrh", 16) / "train.json").read_text())["warnings"]
     assert any("bits of the image codes are the same for every retrieval item" in w for w in warnings)
-    stages.evaluate.run(params, layout, "djsrh", 16, progress=False)
+    stages.evaluate.run(params, layout, progress=False)
     assert json.loads(layout.metrics("djsrh", 16).read_text())["warnings"] == warnings
     stages.report.run(params, layout)
     assert f"## Warnings\n\nCodes that carry little information (see train.json of each model):\n\n- djsrh 16 bits: {warnings[0]}" \

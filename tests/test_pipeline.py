@@ -47,7 +47,7 @@ def test_dvc_repro_end_to_end(dvc_project):
     _run(["cmhash", "plots-page", "--scripts-dir", str(fake_vega), "--cache-dir", str(dvc_project / "cache")], dvc_project)
     page = (dvc_project / "reports/plots/index.html").read_text()
     assert "/* vega-embed stand-in */" in page and "cdn.jsdelivr" not in page
-    assert "plots/djsrh-16/precision_at_top_r/i2t.csv" in page
+    assert "plots/precision_at_top_r/djsrh-16/i2t.csv" in page
     second = _run(["dvc", "repro"], dvc_project)
     assert "Running stage" not in second  # nothing reruns
     assert json.loads(_run(["dvc", "status", "--json"], dvc_project)) == {}

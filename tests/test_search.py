@@ -45,8 +45,8 @@ def project(tmp_path_factory):
     stages.encode.run(params, layout, progress=False)
     for method in params["train"]["methods"]:
         stages.train.run(params, layout, method, 32, progress=False)
-        stages.evaluate.run(params, layout, method, 32, progress=False)
-        stages.index.run(params, layout, method, 32)
+    stages.evaluate.run(params, layout, progress=False, log=lambda line: None)
+    stages.index.run(params, layout, log=lambda line: None)
     stages.items.run(params, layout, progress=False)
     (layout.root / "params.yaml").write_text(yaml.safe_dump(params))
     return params, layout, evil_item
@@ -362,7 +362,7 @@ def workspace(project, tmp_path):
     """A copy of the module's project (indexes, catalog, metrics, params) that a test may damage."""
     params, layout, evil_item = project
     root = tmp_path / "copy"
-    for folder in ("data/index", "metrics"):
+    for folder in ("data/index", "data/items", "metrics"):
         shutil.copytree(layout.root / folder, root / folder)
     shutil.copy(layout.root / "params.yaml", root / "params.yaml")
     return params, Layout(root)

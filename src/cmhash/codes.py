@@ -74,13 +74,12 @@ def write_codes(path: Path, method: str, bits: int, codes: dict[str, SplitCodes]
         f.attrs.update({"method": method, "bits": int(bits), "prepared_md5": prepared_md5, "cmhash_version": __version__})
 
 
-def check_codes_made_from(path: Path, prepared_path: Path) -> None:
-    """The codes' items and splits are those of the prepared file as it is now."""
-    from cmhash.checksums import file_md5
-
+def check_codes_made_from(path: Path, prepared_path: Path, prepared_md5: str) -> None:
+    """The codes' items and splits are those of the prepared file as it is now (its md5, computed
+    once by the caller for all the codes it checks)."""
     with h5py.File(path, "r") as f:
         made_from = f.attrs.get("prepared_md5")
-    if made_from != file_md5(prepared_path):
+    if made_from != prepared_md5:
         raise CmhashError(f"{prepared_path} changed after {path} was made from it; run `dvc repro` (encode and the train "
                           "stage of this method and length) first, then evaluate again.")
 

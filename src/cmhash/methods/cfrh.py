@@ -69,7 +69,7 @@ class CFRH(NetworkHash):
     def make_optimizers(self):
         import torch
 
-        return [torch.optim.Adam(self.nets.parameters(), lr=self.lr)]
+        return [torch.optim.Adam(self.nets.parameters(), lr=self.lr, fused=True)]
 
     def batch_loss(self, batch, epoch):
         import torch

@@ -64,7 +64,7 @@ class CLIPMH(NetworkHash):
         return {"fusion": FusionNet(image_dim, text_dim, self.bits, self.width)}
 
     def make_optimizers(self):
-        return [torch.optim.Adam(self.nets.parameters(), lr=self.lr)]
+        return [torch.optim.Adam(self.nets.parameters(), lr=self.lr, fused=True)]
 
     def batch_loss(self, batch, epoch):
         codes = self.nets["fusion"](batch.images, batch.texts)

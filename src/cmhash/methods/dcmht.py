@@ -105,7 +105,8 @@ class DCMHT(NetworkHash):
     def make_optimizers(self):
         import torch
 
-        return [torch.optim.AdamW(self.nets.parameters(), lr=self.lr, betas=(0.9, 0.98), eps=1e-6, weight_decay=self.weight_decay)]
+        return [torch.optim.AdamW(self.nets.parameters(), lr=self.lr, betas=(0.9, 0.98), eps=1e-6, weight_decay=self.weight_decay,
+                                  fused=True)]
 
     def batch_loss(self, batch, epoch):
         return self._loss(self.nets["image"](batch.images), self.nets["text"](batch.texts), batch.labels)
@@ -145,7 +146,7 @@ class DCMHT(NetworkHash):
         label_tensor = torch.as_tensor(labels, dtype=torch.float32, device=self.device)
         optimizer = torch.optim.AdamW(
             [{"params": self.towers.parameters(), "lr": self.clip_lr}, {"params": self.nets.parameters(), "lr": self.lr}],
-            betas=(0.9, 0.98), eps=1e-6, weight_decay=self.weight_decay)
+            betas=(0.9, 0.98), eps=1e-6, weight_decay=self.weight_decay, fused=True)
         steps_per_epoch = sum(1 for start in range(0, len(rows), self.batch_size) if len(rows) - start >= 2)
         schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(self.epochs * steps_per_epoch, self.warmup))
         cuda = self.device.startswith("cuda")

@@ -69,7 +69,8 @@ class DJSRH(NetworkHash):
     def make_optimizers(self):
         import torch
 
-        sgd = lambda net, lr: torch.optim.SGD(net.parameters(), lr=lr, momentum=self.momentum, weight_decay=self.weight_decay)  # noqa: E731
+        sgd = lambda net, lr: torch.optim.SGD(net.parameters(), lr=lr, momentum=self.momentum,  # noqa: E731
+                                              weight_decay=self.weight_decay, fused=True)
         return [sgd(self.nets["image"], self.lr_image), sgd(self.nets["text"], self.lr_text)]
 
     def batch_loss(self, batch, epoch):

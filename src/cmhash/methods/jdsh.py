@@ -72,7 +72,8 @@ class JDSH(NetworkHash):
     def make_optimizers(self):
         import torch
 
-        return [torch.optim.SGD(self.nets.parameters(), lr=self.lr, momentum=self.momentum, weight_decay=self.weight_decay)]
+        return [torch.optim.SGD(self.nets.parameters(), lr=self.lr, momentum=self.momentum, weight_decay=self.weight_decay,
+                                fused=True)]
 
     def batch_loss(self, batch, epoch):
         import torch

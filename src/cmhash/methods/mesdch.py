@@ -98,7 +98,7 @@ class MESDCH(NetworkHash):
             raise CmhashError("MESDCH is supervised and needs the training labels.")
         self._build({"image": image_features.shape[1], "text": text_features.shape[1], "label": labels.shape[1]})
         networks = ("label", "image", "text")  # trained in this order within every epoch
-        optimizers = {name: torch.optim.SGD(self.nets[name].parameters(), lr=self.lr) for name in networks}
+        optimizers = {name: torch.optim.SGD(self.nets[name].parameters(), lr=self.lr, fused=True) for name in networks}
         as_tensor = lambda a: torch.as_tensor(np.asarray(a), dtype=torch.float32, device=self.device)  # noqa: E731
         inputs = {"image": as_tensor(image_features), "text": as_tensor(text_features), "label": as_tensor(labels)}
         self.fit_standardizers(inputs["image"], inputs["text"])

@@ -64,7 +64,7 @@ class UCMFH(NetworkHash):
                 "image": mlp(half, self.hidden, self.bits), "text": mlp(half, self.hidden, self.bits)}
 
     def make_optimizers(self):
-        return [torch.optim.Adam(self.nets.parameters(), lr=self.lr)]
+        return [torch.optim.Adam(self.nets.parameters(), lr=self.lr, fused=True)]
 
     def fuse(self, image_half, text_half):
         """Fused, normalised halves of each item's token, every item a sequence of one token."""

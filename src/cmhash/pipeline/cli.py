@@ -22,12 +22,13 @@ STAGES = {
     "validate": "run the Great Expectations checks on the prepared file; exit 1 if any fails",
     "encode": "encode images and texts with the encoder of encode.backend into data/features/<name>.h5",
     "train": "fit one hashing method at one code length; write data/models/<method>-<bits>/",
-    "evaluate": "compute mAP@all, mAP@k and curves for one method and length; write metrics/ and plots/",
+    "evaluate": "compute mAP@all, mAP@k and curves of every trained method and length (or of the one --method and "
+                "--bits name); write metrics/ and plots/",
     "report": "write the results table of every method and code length to reports/results.md",
     "items": "write the catalog that search results show (captions, labels and a thumbnail of every item) "
-             "to data/index/items/",
-    "index": "write the search index of one trained method and length (packed codes, item ids, the model that "
-             "encodes queries) to data/index/<method>-<bits>/",
+             "to data/items/",
+    "index": "write the search index of every trained method and length (or of the one --method and --bits name: "
+             "packed codes, item ids, the model that encodes queries) to data/index/<method>-<bits>/",
 }
 
 
@@ -57,6 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
         if name in ("train", "evaluate", "index"):
             stage.add_argument("--method", help="hashing method, e.g. djsrh, lsh, itq")
             stage.add_argument("--bits", type=int, help="code length in bits, e.g. 64")
+        if name == "train":
             stage.add_argument("--from-dvc-stage", action="store_true",
                                help="take the method and length from the name of the DVC stage being run "
                                     f"({name}@djsrh-64, in $DVC_STAGE), as dvc.yaml does: no parameter value "
@@ -192,18 +194,13 @@ def main(argv: list[str] | None = None) -> int:
             method, bits = _method_and_bits(args)
             print(f"trained {stage.run(params, layout, method, bits, progress)}")
         elif args.stage == "evaluate":
-            method, bits = _method_and_bits(args)
-            results = stage.run(params, layout, method, bits, progress)
-            summary = "  ".join(f"{d} " + " ".join(f"{k}={v:.4f}" for k, v in m.items() if k.startswith("map_"))
-                                for d, m in results.items() if isinstance(m, dict))
-            print(f"{method} {bits} bits: {summary}")
+            stage.run(params, layout, _one_model_or_all(args), progress)
         elif args.stage == "report":
             print(f"wrote {stage.run(params, layout)}")
         elif args.stage == "items":
             print(f"wrote {stage.run(params, layout, progress)}")
         elif args.stage == "index":
-            method, bits = _method_and_bits(args)
-            print(f"wrote {stage.run(params, layout, method, bits)}")
+            stage.run(params, layout, _one_model_or_all(args))
         elif args.stage == "tune":
             from cmhash.pipeline.tuning import parse_grid, render_table, tune
 
@@ -240,7 +237,7 @@ def search_service(params: dict, layout):
     from cmhash.service.search_service import SearchService, ServiceSettings
 
     return SearchService(ServiceSettings(
-        index_root=layout.index_root(), metrics_root=layout.metrics_root(), encoder=encoder_spec(params["encode"]),
+        index_root=layout.index_root(), items_root=layout.items_dir(), metrics_root=layout.metrics_root(), encoder=encoder_spec(params["encode"]),
         max_image_pixels=params["dataset"]["max_image_pixels"], map_ks=tuple(params["evaluate"]["map_ks"])))
 
 
@@ -261,6 +258,16 @@ def _written_file(err: OSError) -> str:
 
     named = err.filename or (re.search(r"filename = '([^']+)'", str(err)) or [None, None])[1]
     return f"while writing {named}" if named else "while writing an output"
+
+
+def _one_model_or_all(args: argparse.Namespace) -> list[tuple[str, int]] | None:
+    """``[(method, bits)]`` of ``--method`` and ``--bits``, or None (every model of params.yaml)
+    when neither is given."""
+    from cmhash.errors import CmhashError
+
+    if (args.method is None) != (args.bits is None):
+        raise CmhashError("give both --method and --bits (one model), or neither (every model of train.methods x train.bits).")
+    return None if args.method is None else [(args.method, args.bits)]
 
 
 def _method_and_bits(args: argparse.Namespace) -> tuple[str, int]:

@@ -30,12 +30,12 @@ class Layout:
         return self.root / "data" / "models" / f"{method}-{bits}"
 
     def index_root(self) -> Path:
-        """The items catalog and every search index (what ``cmhash serve`` serves)."""
+        """Every search index, one folder per method and length (what ``cmhash serve`` serves)."""
         return self.root / "data" / "index"
 
     def items_dir(self) -> Path:
         """The items catalog that search results show (captions, labels, thumbnails)."""
-        return self.index_root() / "items"
+        return self.root / "data" / "items"
 
     def index_dir(self, method: str, bits: int) -> Path:
         return self.index_root() / f"{method}-{bits}"
@@ -46,8 +46,10 @@ class Layout:
     def metrics(self, method: str, bits: int) -> Path:
         return self.metrics_root() / f"{method}-{bits}.json"
 
-    def plots_dir(self, method: str, bits: int) -> Path:
-        return self.root / "plots" / f"{method}-{bits}"
+    def plots_dir(self, kind: str, method: str, bits: int) -> Path:
+        """One folder per kind of curve (``precision_at_top_r``, ``precision_recall``), as dvc.yaml
+        declares each kind's axes once."""
+        return self.root / "plots" / kind / f"{method}-{bits}"
 
     def results_report(self) -> Path:
         return self.root / "reports" / "results.md"

@@ -215,6 +215,12 @@ def encoder_spec(encode: dict[str, Any], device: str | None = None) -> EncoderSp
     return EncoderSpec(encode["backend"], device or encode["device"], dict(encode[encode["backend"]]))
 
 
+def trained_models(params: dict[str, Any]) -> list[tuple[str, int]]:
+    """Every (method, bits) the train stages fit (``train.methods`` x ``train.bits``), in params.yaml's
+    order: what the evaluate and index stages cover."""
+    return [(method, int(bits)) for method in params["train"]["methods"] for bits in params["train"]["bits"]]
+
+
 def method_params(params: dict[str, Any], method: str) -> dict[str, Any]:
     """The checked settings of one hashing method: ``methods.<name>`` completed with the defaults of
     its class, with the entry ``dataset_overrides.<dataset.name>.<name>`` (the papers' per-dataset

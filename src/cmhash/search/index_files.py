@@ -1,13 +1,13 @@
 """What the ``items`` and ``index`` stages write, and reading it back for search (docs/search.md).
 
-``data/index/items/`` (stage ``items``, one per dataset) shows the items:
+``data/items/`` (stage ``items``, one per dataset) shows the items:
 
 - ``items.h5``: every item's captions (``texts`` with ``text_item``, as in the prepared file), its
   ``labels`` (N, C) with the attribute ``label_names``, and ``image_paths``: the source image file
   of datasets that keep their images as files, else the item's file in ``images/``;
 - ``images/<id>.jpg``: a thumbnail of every item (at most 256 pixels a side).
 
-``data/index/<method>-<bits>/`` (stage ``index``, one per method and length) finds them:
+``data/index/<method>-<bits>/`` (stage ``index``: one folder per method and length) finds them:
 
 - ``index.json``: the method, the length, whether codes are per modality or per image-text pair,
   the item count, the query recipe (the encoder: backend, name, settings, text source; and the
@@ -41,7 +41,7 @@ _STR = h5py.string_dtype(encoding="utf-8")
 
 
 def build_items(prepared_path: Path, out_dir: Path, progress: bool = False) -> Path:
-    """Write ``data/index/items/`` from the prepared file (atomically, as one folder)."""
+    """Write ``data/items/`` from the prepared file (atomically, as one folder)."""
     from tqdm import tqdm
 
     from cmhash.atomic import atomic_directory
@@ -161,7 +161,7 @@ class IndexFiles:
 
     @classmethod
     def read(cls, folder: Path, method: str, bits: int, n_items: int) -> "IndexFiles":
-        stage = f"index@{method}-{bits}"
+        stage = "index"
         info_path = folder / "index.json"
         if info_path.is_symlink() or not info_path.is_file():
             raise _damaged(info_path, "missing, or not a regular file", stage)
@@ -207,8 +207,7 @@ class IndexFiles:
         index = HammingIndex.load(self.folder / f"{kind}.hidx")
         if index.bits != self.info["bits"] or len(index) != self.info["items"]:
             raise _damaged(self.folder / f"{kind}.hidx", f"holds {len(index)} codes of {index.bits} bits, not "
-                                                        f"{self.info['items']} of {self.info['bits']}",
-                           f"index@{self.info['method']}-{self.info['bits']}")
+                                                        f"{self.info['items']} of {self.info['bits']}", "index")
         return index
 
     def model(self, device: str):
@@ -218,6 +217,5 @@ class IndexFiles:
         model = load_model(self.folder / "model.pt", device)
         if type(model) is not method_class(self.info["method"]) or model.bits != self.info["bits"]:
             raise _damaged(self.folder / "model.pt", f"a {type(model).__name__} model of {model.bits} bits, not the "
-                                                     f"{self.info['method']} model of {self.info['bits']} bits",
-                           f"index@{self.info['method']}-{self.info['bits']}")
+                                                     f"{self.info['method']} model of {self.info['bits']} bits", "index")
         return model

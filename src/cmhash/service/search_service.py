@@ -119,7 +119,8 @@ class ServiceSettings:
     """What the service reads, as plain values (``cmhash search`` and ``cmhash serve`` fill them from
     params.yaml and the paths of dvc.yaml)."""
 
-    index_root: Path            # items/ and one <method>-<bits>/ folder per index (data/index)
+    index_root: Path            # one <method>-<bits>/ folder per index (data/index)
+    items_root: Path            # the items catalog: captions, labels, thumbnails (data/items)
     metrics_root: Path          # <method>-<bits>.json: the scores the list of indexes shows (metrics)
     encoder: EncoderSpec        # the encoder of queries: the one the features were encoded with
     max_image_pixels: int       # a query image above this is refused (413)
@@ -169,7 +170,7 @@ class SearchService:
                 info = json.loads((folder / "index.json").read_text(encoding="utf-8"))
                 entry.update({"fused": bool(info["fused"]), "items": int(info["items"])})
             except (OSError, ValueError, KeyError, TypeError):
-                entry["error"] = f"{folder / 'index.json'} is missing or damaged; rebuild it with `dvc repro index@{method}-{bits}`."
+                entry["error"] = f"{folder / 'index.json'} is missing or damaged; rebuild it with `dvc repro index`."
             entry["map"] = self._scores(method, bits)
             found.append(entry)
         return found
@@ -194,7 +195,7 @@ class SearchService:
 
         with self._lock:
             if self._items is None:
-                self._items = Items.read((self.settings.index_root / "items"))
+                self._items = Items.read(self.settings.items_root)
         return self._items
 
     def _encoder_for(self):
@@ -345,6 +346,6 @@ class SearchService:
     def thumbnail(self, item: Any) -> Path:
         found = self.items.thumbnail(self.item(item)["id"])
         if found is None:
-            raise SearchError(f"item {item} has no thumbnail in {self.settings.index_root / 'items' / 'images'}; rebuild the "
+            raise SearchError(f"item {item} has no thumbnail in {self.settings.items_root / 'images'}; rebuild the "
                               "catalog with `dvc repro items`.", 404)
         return found

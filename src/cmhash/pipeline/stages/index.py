@@ -1,5 +1,5 @@
-"""The ``index`` stage: the search index of one trained method and length (packed codes, ids, the
-model that encodes queries)."""
+"""The ``index`` stage: the search index of every trained method and length (packed codes, ids,
+the model that encodes queries), in one process; one stage for all of them, as ``evaluate`` is."""
 
 from __future__ import annotations
 
@@ -8,13 +8,21 @@ from typing import Any
 
 from cmhash.methods import check_method_and_bits
 from cmhash.pipeline.layout import Layout
+from cmhash.pipeline.params import trained_models
 from cmhash.search.index_files import build_index
 
-SECTIONS = ("dataset",)
+SECTIONS = ("dataset", "train")
 
 
-def run(params: dict[str, Any], layout: Layout, method: str, bits: int) -> Path:
-    check_method_and_bits(method, bits)
-    model_dir = layout.model_dir(method, bits)
-    return build_index(model_dir / "codes.h5", model_dir / "model.pt", layout.features(params["dataset"]["name"]),
-                       layout.index_dir(method, bits))
+def run(params: dict[str, Any], layout: Layout, chosen: list[tuple[str, int]] | None = None, log=print) -> list[Path]:
+    """Build the indexes of ``chosen`` models (default: every model of params.yaml); their folders."""
+    chosen = trained_models(params) if chosen is None else chosen
+    for method, bits in chosen:
+        check_method_and_bits(method, bits)
+    features = layout.features(params["dataset"]["name"])
+    written = []
+    for method, bits in chosen:
+        model_dir = layout.model_dir(method, bits)
+        written.append(build_index(model_dir / "codes.h5", model_dir / "model.pt", features, layout.index_dir(method, bits)))
+        log(f"wrote {written[-1]}")
+    return written
