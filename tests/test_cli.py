@@ -101,3 +101,25 @@ def test_a_missing_extra_is_named_with_the_install_line():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
     assert "fastapi is not installed; `cmhash serve` needs the service extra: python -m pip install 'cmhash[service]'" in result.stderr
+
+
+def test_evaluate_and_index_name_the_model_that_was_not_trained(tmp_path, capsys):
+    """`cmhash evaluate` / `index` cover every model of train.methods x train.bits; one not trained
+    yet is named with the stage that makes it, not a traceback."""
+    import yaml
+    from conftest import tiny_params
+
+    from cmhash.pipeline import stages
+    from cmhash.pipeline.layout import Layout
+
+    params = tiny_params()
+    params["train"]["methods"], params["train"]["bits"] = ["lsh"], [16]
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    stages.prepare.run(params, Layout(tmp_path), progress=False)
+    for stage in ("evaluate", "index"):
+        assert main([stage, "--params", str(tmp_path / "params.yaml"), "--root", str(tmp_path)]) == 1
+        err = capsys.readouterr().err
+        assert "data/models/lsh-16/codes.h5: codes not found" in err and "Traceback" not in err
+    assert main(["index", "--method", "lsh", "--bits", "300", "--params", str(tmp_path / "params.yaml"),
+                 "--root", str(tmp_path)]) == 1
+    assert "bits is 300" in capsys.readouterr().err

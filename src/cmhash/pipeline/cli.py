@@ -237,7 +237,8 @@ def search_service(params: dict, layout):
     from cmhash.service.search_service import SearchService, ServiceSettings
 
     return SearchService(ServiceSettings(
-        index_root=layout.index_root(), items_root=layout.items_dir(), metrics_root=layout.metrics_root(), encoder=encoder_spec(params["encode"]),
+        index_root=layout.index_root(), items_root=layout.items_dir(), metrics_root=layout.metrics_root(),
+        encoder=encoder_spec(params["encode"]),
         max_image_pixels=params["dataset"]["max_image_pixels"], map_ks=tuple(params["evaluate"]["map_ks"])))
 
 

@@ -215,10 +215,17 @@ def encoder_spec(encode: dict[str, Any], device: str | None = None) -> EncoderSp
     return EncoderSpec(encode["backend"], device or encode["device"], dict(encode[encode["backend"]]))
 
 
-def trained_models(params: dict[str, Any]) -> list[tuple[str, int]]:
-    """Every (method, bits) the train stages fit (``train.methods`` x ``train.bits``), in params.yaml's
-    order: what the evaluate and index stages cover."""
-    return [(method, int(bits)) for method in params["train"]["methods"] for bits in params["train"]["bits"]]
+def trained_models(params: dict[str, Any], chosen: list[tuple[str, int]] | None = None) -> list[tuple[str, int]]:
+    """``chosen`` (method, bits) pairs, or every one the train stages fit (``train.methods`` x
+    ``train.bits``, in params.yaml's order): what an evaluate or index run covers. Every name and
+    length is checked before any work."""
+    from cmhash.methods import check_method_and_bits
+
+    models = [(method, int(bits)) for method in params["train"]["methods"] for bits in params["train"]["bits"]] \
+        if chosen is None else chosen
+    for method, bits in models:
+        check_method_and_bits(method, bits)
+    return models
 
 
 def method_params(params: dict[str, Any], method: str) -> dict[str, Any]:

@@ -15,7 +15,6 @@ from cmhash.atomic import write_json, write_text
 from cmhash.checksums import file_md5
 from cmhash.codes import check_codes_made_from, collapse_warnings, read_codes, retrieval_directions
 from cmhash.datasets.prepared import PreparedData
-from cmhash.methods import check_method_and_bits
 from cmhash.metrics import evaluate_retrieval
 from cmhash.pipeline.layout import Layout
 from cmhash.pipeline.params import trained_models
@@ -26,9 +25,7 @@ SECTIONS = ("dataset", "train", "evaluate")
 def run(params: dict[str, Any], layout: Layout, chosen: list[tuple[str, int]] | None = None, progress: bool = True,
         log=print) -> dict[tuple[str, int], dict[str, Any]]:
     """Evaluate ``chosen`` models (default: every model of params.yaml); ``{(method, bits): scores}``."""
-    chosen = trained_models(params) if chosen is None else chosen
-    for method, bits in chosen:  # every name checked before any work
-        check_method_and_bits(method, bits)
+    chosen = trained_models(params, chosen)
     prepared = layout.prepared(params["dataset"]["name"])
     with PreparedData(prepared) as data:  # a missing or damaged file is refused here, by name
         labels = data.labels

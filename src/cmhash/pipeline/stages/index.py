@@ -6,7 +6,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from cmhash.methods import check_method_and_bits
 from cmhash.pipeline.layout import Layout
 from cmhash.pipeline.params import trained_models
 from cmhash.search.index_files import build_index
@@ -16,9 +15,7 @@ SECTIONS = ("dataset", "train")
 
 def run(params: dict[str, Any], layout: Layout, chosen: list[tuple[str, int]] | None = None, log=print) -> list[Path]:
     """Build the indexes of ``chosen`` models (default: every model of params.yaml); their folders."""
-    chosen = trained_models(params) if chosen is None else chosen
-    for method, bits in chosen:
-        check_method_and_bits(method, bits)
+    chosen = trained_models(params, chosen)
     features = layout.features(params["dataset"]["name"])
     written = []
     for method, bits in chosen:
