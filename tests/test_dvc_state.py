@@ -11,7 +11,7 @@ import pytest
 import yaml
 from conftest import COMMAND_ENV, run_command
 
-from cmhash.orchestration.dvc_state import lock_entries, out_of_date, path_holders, read_pipeline
+from cmhash.orchestration.dvc_state import blockers, lock_entries, out_of_date, path_holders, read_pipeline
 from cmhash.orchestration.stage_process import StageBusy, StageFailed, run_dvc_stage
 
 pytestmark = pytest.mark.e2e  # real dvc commands and stage processes
@@ -25,6 +25,12 @@ DVC_YAML = {"stages": {
                "outs": ["never.txt"]},
     "slow": {"cmd": "sleep 4 && echo done > slow.txt", "outs": ["slow.txt"]},
     "reader": {"cmd": "cp slow.txt read.txt", "deps": ["slow.txt"], "outs": ["read.txt"]},
+    # "hold" reads shared.txt and writes held.txt, and keeps its locks until the test creates "release"
+    "hold": {"cmd": "while [ ! -f release ]; do sleep 0.05; done; cp shared.txt held.txt", "deps": ["shared.txt"],
+             "outs": ["held.txt"]},
+    "also-reads-shared": {"cmd": "cp shared.txt copy.txt", "deps": ["shared.txt"], "outs": ["copy.txt"]},
+    "reads-held": {"cmd": "cp held.txt held-copy.txt", "deps": ["held.txt"], "outs": ["held-copy.txt"]},
+    "writes-shared": {"cmd": "echo new > shared.txt", "outs": [{"shared.txt": {"cache": False}}]},
 }}
 
 
@@ -76,28 +82,54 @@ def test_a_failed_stage_carries_its_own_message(repo):
     assert "broken" not in lock_entries(repo)
 
 
-def test_a_stage_whose_files_another_dvc_process_holds_is_busy(repo):
-    holder = subprocess.Popen([sys.executable, "-m", "dvc", "repro", "slow"], cwd=repo, env=COMMAND_ENV,
+@pytest.fixture
+def holding(repo):
+    """``dvc repro --single-item hold`` running, holding a read lock on shared.txt and a write lock on
+    held.txt until the test creates ``release`` (no race: the locks stay until the test lets go)."""
+    (repo / "shared.txt").write_text("shared\n")
+    holder = subprocess.Popen([sys.executable, "-m", "dvc", "repro", "--single-item", "hold"], cwd=repo, env=COMMAND_ENV,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        reader = _stage(repo, "reader")
         deadline = time.monotonic() + 60
-        while not path_holders(repo, reader.paths):
-            assert holder.poll() is None and time.monotonic() < deadline, "dvc repro slow never took its lock"
-            time.sleep(0.1)
-        assert {h.pid for h in path_holders(repo, reader.paths)} == {holder.pid}
-        with pytest.raises(StageBusy, match=f"reader: another DVC process works on its files: PID {holder.pid}"):
-            run_dvc_stage(repo, reader)
-        assert not (repo / "read.txt").exists()
+        while {holder.mode for holder in path_holders(repo)} != {"read", "write"}:
+            assert holder.poll() is None and time.monotonic() < deadline, "dvc repro hold never took its locks"
+            time.sleep(0.05)
+        yield holder
     finally:
+        (repo / "release").touch()
         holder.wait(60)
-    assert path_holders(repo, reader.paths) == []  # released: the stage can run
-    assert run_dvc_stage(repo, reader).outcome == "ran"
+
+
+def test_stages_that_only_read_the_same_file_run_side_by_side(repo, holding):
+    """DVC lets two stages read one file at once (every stage of dvc.yaml reads params.yaml), so the
+    flow must not call the second one busy: it runs while the first holds its locks."""
+    sharer = _stage(repo, "also-reads-shared")
+    assert blockers(repo, sharer) == []
+    assert run_dvc_stage(repo, sharer).outcome == "ran"
+    assert holding.poll() is None and not (repo / "held.txt").exists()  # the holder still runs: they overlapped
+    assert (repo / "copy.txt").read_text() == "shared\n"
+
+
+@pytest.mark.parametrize(("name", "mode", "path"), [("reads-held", "write", "held.txt"),  # reads what it writes
+                                                     ("writes-shared", "read", "shared.txt")])  # writes what it reads
+def test_a_stage_that_dvc_would_refuse_is_busy(repo, holding, name, mode, path):
+    stage = _stage(repo, name)
+    assert [(h.pid, h.mode, h.path) for h in blockers(repo, stage)] == [(holding.pid, mode, str(repo / path))]
+    with pytest.raises(StageBusy, match=f"{name}: another DVC process holds a lock on its files: PID {holding.pid} .*{mode}s "):
+        run_dvc_stage(repo, stage)
+    assert (repo / "shared.txt").read_text() == "shared\n" and not (repo / "held-copy.txt").exists()
+    (repo / "release").touch()
+    holding.wait(60)
+    assert blockers(repo, stage) == []  # released: the stage can run
+    assert run_dvc_stage(repo, stage).outcome == "ran"
 
 
 def test_out_of_date_is_what_dvc_status_reports(repo):
-    assert out_of_date(repo) == {"make", "down", "report", "broken", "slow", "reader"}
-    for name in ("make", "down", "report", "slow", "reader"):
+    (repo / "shared.txt").write_text("shared\n")
+    (repo / "release").touch()
+    everything = {"make", "down", "report", "broken", "slow", "reader", "hold", "also-reads-shared", "reads-held", "writes-shared"}
+    assert out_of_date(repo) == everything
+    for name in ("make", "down", "report", "slow", "reader", "writes-shared", "hold", "also-reads-shared", "reads-held"):
         run_dvc_stage(repo, _stage(repo, name))
     assert out_of_date(repo) == {"broken"}
     _set_n(repo, 5)

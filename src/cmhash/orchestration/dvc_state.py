@@ -8,7 +8,8 @@
 - :func:`restorable`: whether DVC's run-cache held a stage's lock entry before the stage started,
   which tells a restore from a run;
 - :func:`path_holders`: the live processes that hold DVC's per-path locks (``.dvc/tmp/rwlock``),
-  which tells a busy file from a failed stage;
+  and :func:`blockers`: those among them that DVC would refuse a stage for, which tells a busy file
+  from a failed stage;
 - :func:`repository_busy`: whether another DVC command holds the repository lock.
 
 ``dvc status --json``, ``dvc.lock``, the run-cache entries (``.dvc/cache/runs/*/*/*``, each a copy
@@ -46,8 +47,8 @@ class PipelineStage:
     name: str                   # DVC's name for it, e.g. ``train@djsrh-64``
     upstream: tuple[str, ...]   # the stages whose outputs it reads
     gpu: bool = False           # ``meta: {gpu: true}`` in dvc.yaml
-    paths: tuple[str, ...] = ()  # absolute paths of its dependencies and outputs
-    outs: tuple[str, ...] = ()   # absolute paths of its outputs
+    deps: tuple[str, ...] = ()  # absolute paths it reads (dependencies, parameter files included)
+    outs: tuple[str, ...] = ()  # absolute paths it writes (outputs)
 
 
 def read_pipeline(root: str | Path) -> list[PipelineStage]:
@@ -70,8 +71,8 @@ def read_pipeline(root: str | Path) -> list[PipelineStage]:
                 ordered.extend(sorted(wave, key=lambda stage: position.get(stage, len(position))))
             return [PipelineStage(_address(stage, root), tuple(sorted(_address(dep, root) for dep in graph.successors(stage))),
                                   bool((getattr(stage, "meta", None) or {}).get("gpu", False)),
-                                  tuple(sorted({str(item.fs_path) for item in [*stage.deps, *stage.outs]})),
-                                  tuple(sorted(str(out.fs_path) for out in stage.outs)))
+                                  tuple(sorted({str(dep.fs_path) for dep in stage.deps})),
+                                  tuple(sorted({str(out.fs_path) for out in stage.outs})))
                     for stage in ordered]
     except DvcException as err:
         raise CmhashError(f"{root}: DVC cannot read the pipeline: {str(err).strip()}") from None
@@ -198,13 +199,12 @@ class PathHolder:
     pid: int
     command: str
     path: str
+    mode: str  # "read" or "write"
 
 
-def path_holders(root: str | Path, paths: tuple[str, ...] | list[str] | None = None,
-                 ignore: set[int] | frozenset[int] = frozenset()) -> list[PathHolder]:
-    """The live processes (other than ``ignore``) that hold DVC's read or write lock on one of
-    ``paths`` (all paths: ``None``), or on a folder or file inside or around one
-    (``.dvc/tmp/rwlock``)."""
+def path_holders(root: str | Path) -> list[PathHolder]:
+    """The live processes that hold DVC's read or write lock on a path in ``root``
+    (``.dvc/tmp/rwlock``; a dead holder's entry is left for DVC to clear, as DVC does)."""
     import psutil
 
     rwlock = Path(root) / ".dvc" / "tmp" / "rwlock"
@@ -212,16 +212,18 @@ def path_holders(root: str | Path, paths: tuple[str, ...] | list[str] | None = N
         lock = json.loads(rwlock.read_text(encoding="utf-8") or "{}")
     except (FileNotFoundError, json.JSONDecodeError):
         return []
-    held = [(path, info) for path, info in (lock.get("write") or {}).items()]
-    held += [(path, info) for path, infos in (lock.get("read") or {}).items() for info in infos]
-    holders = []
-    for path, info in held:
-        pid = int(info.get("pid", 0))
-        if pid in ignore or not psutil.pid_exists(pid):
-            continue
-        if paths is None or any(_overlaps(path, mine) for mine in paths):
-            holders.append(PathHolder(pid, str(info.get("cmd", "")), path))
-    return holders
+    held = [(path, info, "write") for path, info in (lock.get("write") or {}).items()]
+    held += [(path, info, "read") for path, infos in (lock.get("read") or {}).items() for info in infos]
+    return [PathHolder(int(info.get("pid", 0)), str(info.get("cmd", "")), path, mode)
+            for path, info, mode in held if psutil.pid_exists(int(info.get("pid", 0)))]
+
+
+def blockers(root: str | Path, stage: PipelineStage) -> list[PathHolder]:
+    """The holders for whom DVC would refuse to run ``stage`` now: a write lock on a path it reads or
+    writes, or a read lock on a path it writes (DVC's ``rwlock``). Readers share: every stage reads
+    params.yaml and most read the features, and two of them run side by side, as DVC runs them."""
+    return [holder for holder in path_holders(root)
+            if any(_overlaps(holder.path, mine) for mine in (stage.deps + stage.outs if holder.mode == "write" else stage.outs))]
 
 
 def _overlaps(a: str, b: str) -> bool:

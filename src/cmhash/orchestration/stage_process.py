@@ -8,9 +8,10 @@ concurrent stages hold briefly while they read and write ``dvc.lock``. The proce
 
 What DVC did is read from what it wrote (:mod:`~cmhash.orchestration.dvc_state`), not from what it
 printed: ``dvc.lock``'s entry for the stage unchanged means skipped; changed, and already in the
-run-cache before the stage started, means restored; otherwise ran. A stage whose files another
-DVC process holds (DVC's per-path locks fail at once) raises :class:`StageBusy`, which the task
-retries.
+run-cache before the stage started, means restored; otherwise ran. A stage that DVC would refuse
+because another DVC process writes what it reads, or reads or writes what it writes (DVC's per-path
+locks fail at once), raises :class:`StageBusy`, which the task retries; stages that only read the
+same files (params.yaml, the features) run side by side.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from cmhash.orchestration import lifeline
-from cmhash.orchestration.dvc_state import PathHolder, PipelineStage, dvc_command, lock_entries, path_holders, restorable
+from cmhash.orchestration.dvc_state import PathHolder, PipelineStage, blockers, dvc_command, lock_entries, restorable
 
 OUTCOMES = ("ran", "skipped", "restored")
 
@@ -36,7 +37,7 @@ class StageFailed(Exception):
 
 
 class StageBusy(StageFailed):
-    """Another DVC process holds a file the stage reads or writes; retry later."""
+    """Another DVC process holds a lock on the stage's files that DVC would refuse it for; retry later."""
 
 
 @dataclass(frozen=True)
@@ -67,7 +68,7 @@ def stage_environment(device: str | None = None) -> dict[str, str]:
 
 
 def _holders_text(holders: list[PathHolder]) -> str:
-    return "; ".join(sorted({f"PID {holder.pid} ({holder.command}) holds {holder.path}" for holder in holders}))
+    return "; ".join(sorted({f"PID {holder.pid} ({holder.command}) {holder.mode}s {holder.path}" for holder in holders}))
 
 
 def run_dvc_stage(root: str | Path, stage: PipelineStage, device: str | None = None,
@@ -75,8 +76,8 @@ def run_dvc_stage(root: str | Path, stage: PipelineStage, device: str | None = N
     """Reproduce one stage in ``root``; every line DVC and the stage print goes to ``log`` (default:
     print)."""
     log = log or print
-    if holders := path_holders(root, stage.paths):
-        raise StageBusy(f"{stage.name}: another DVC process works on its files: {_holders_text(holders)}")
+    if holders := blockers(root, stage):
+        raise StageBusy(f"{stage.name}: another DVC process holds a lock on its files: {_holders_text(holders)}")
     before = lock_entries(root).get(stage.name)
     started = time.time()
     process = subprocess.Popen(lifeline.command(os.getpid(), dvc_command("--wait-for-lock", "repro", "--single-item", stage.name)),
@@ -88,7 +89,7 @@ def run_dvc_stage(root: str | Path, stage: PipelineStage, device: str | None = N
         lines.append(line)
         log(line)
     if process.wait() != 0:
-        if holders := path_holders(root, stage.paths):
+        if holders := blockers(root, stage):
             raise StageBusy(f"{stage.name}: another DVC process held its files: {_holders_text(holders)}")
         raise StageFailed(f"{stage.name} failed: {stage_error(lines)}")
     after = lock_entries(root).get(stage.name)
