@@ -40,6 +40,7 @@ from prefect.futures import wait
 from cmhash.errors import CmhashError, quote
 from cmhash.orchestration.dvc_state import out_of_date, read_pipeline
 from cmhash.orchestration.experiments import experiment_names, name_for_run, previous_experiments, push_experiment, save_experiment
+from cmhash.orchestration.stage_process import end_running_stages
 from cmhash.orchestration.tasks import run_stage, stage_task_runner
 from cmhash.orchestration.workspace import check_clone, exclusive_workspace, params_for_run, recover_params, remove_leftover_temporaries
 from cmhash.pipeline.metrics_diff import check_threshold, diff_metrics, header_lines, metrics_at, regressions, render_diff, settings_differences, table_records
@@ -65,7 +66,11 @@ def run_dvc_stages(root: str, to_run: list[str], out_of_date: list[str]) -> list
         if stage.name in to_run:
             futures[stage.name] = run_stage.with_options(task_run_name=stage.name).submit(
                 root, stage, stage.name in out_of_date, [futures[name] for name in stage.upstream if name in futures])
-    wait(list(futures.values()))
+    try:
+        wait(list(futures.values()))
+    except BaseException:  # SIGTERM (Prefect raises it here), Ctrl-C, a cancellation: end the stages now,
+        end_running_stages()  # instead of letting the task runner wait for them to finish
+        raise
     for stage in stages:
         future = futures.get(stage.name)
         if future is None:

@@ -453,9 +453,11 @@ def _gone_within(project: Path, seconds: float) -> list[str]:
     return left
 
 
-def test_kill_9_of_the_flow_leaves_no_process_behind(tmp_path):
-    """`python flows/pipeline.py` killed with SIGKILL while a stage runs: within seconds no dvc,
-    stage command or temporary Prefect server of that run is left, and the next run settles it."""
+@pytest.mark.parametrize("sent", [signal.SIGKILL, signal.SIGTERM, signal.SIGINT], ids=lambda sent: sent.name)
+def test_a_signal_to_the_flow_ends_its_stages_within_seconds(tmp_path, sent):
+    """`python flows/pipeline.py` sent SIGKILL, SIGTERM or SIGINT while a 300 s stage runs: within 10
+    seconds no dvc, stage command or temporary Prefect server of that run is left (Prefect turns
+    SIGTERM into an exception and would wait for the stage), and the next run settles it."""
     project = _flow_project(tmp_path / "project")
     with open(project / "dvc.yaml", "a") as dvc_yaml:
         dvc_yaml.write(SLOW_STAGE)
@@ -463,17 +465,20 @@ def test_kill_9_of_the_flow_leaves_no_process_behind(tmp_path):
     env = {key: value for key, value in COMMAND_ENV.items() if key != "PREFECT_API_URL"}
     env.update({"PREFECT_HOME": str(tmp_path / "prefect-home"), "HF_HUB_OFFLINE": "1"})
     flow_process = subprocess.Popen([sys.executable, "flows/pipeline.py", "-S", "train.seed=3"], cwd=project, env=env,
-                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     _wait_for_slow_stage(project, flow_process)
     assert any("server start" in process for process in _processes_in(project))  # its temporary Prefect server
-    flow_process.kill()
-    flow_process.wait()
-    assert _gone_within(project, 15) == []
+    flow_process.send_signal(sent)
+    assert _gone_within(project, 10) == []
+    output = flow_process.communicate(timeout=60)[0]
+    assert flow_process.returncode != 0, output[-3000:]
     assert not (project / "slow.txt").exists()
-    assert yaml.safe_load((project / "params.yaml").read_text())["train"]["seed"] == 3  # the killed run's override...
+    lock = project / "dvc.lock"  # the slow stage ran first, alone: DVC recorded nothing of it
+    assert not lock.exists() or "slow" not in (yaml.safe_load(lock.read_text()) or {}).get("stages", {})
+    assert yaml.safe_load((project / "params.yaml").read_text())["train"]["seed"] in (3, 0)  # put back, or left...
     from cmhash.orchestration.workspace import recover_params
 
-    assert len(recover_params(project)) == 1  # ...put back by the next run, before anything else
+    recover_params(project)  # ...for the next run to put back, before anything else
     assert run_command(["git", "status", "--porcelain", "params.yaml"], project).stdout == ""
 
 
@@ -499,7 +504,7 @@ def test_a_cancelled_run_stops_its_stages(prefect_server, tmp_path):
     try:
         _wait_for_slow_stage(workspace, worker)
         _api(env, "POST", f"/flow_runs/{run_id}/set_state", json={"state": {"type": "CANCELLING"}, "force": True})
-        assert _gone_within(workspace, 90) == []
+        assert _gone_within(workspace, 10) == []
         deadline = time.monotonic() + 60
         while _flow_run(env, run_id)["state"]["type"] != "CANCELLED" and time.monotonic() < deadline:
             time.sleep(1)

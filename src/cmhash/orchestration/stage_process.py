@@ -18,8 +18,10 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -71,6 +73,28 @@ def _holders_text(holders: list[PathHolder]) -> str:
     return "; ".join(sorted({f"PID {holder.pid} ({holder.command}) {holder.mode}s {holder.path}" for holder in holders}))
 
 
+# The stage processes this process started and that still run, so that a run stopped by a signal or
+# a cancellation can end them at once instead of waiting for them (see end_running_stages).
+_running: set[subprocess.Popen] = set()
+_running_lock = threading.Lock()
+
+
+def end_running_stages() -> int:
+    """Ask every stage process that this process started and that still runs to end: its lifeline
+    then ends the stage's whole process group (``dvc``, the stage's command and what it started),
+    SIGTERM first, SIGKILL after the lifeline's grace. Returns how many were asked. Called when the
+    run is stopped (SIGTERM, Ctrl-C, a cancellation), so that no stage outlives the run by more than
+    seconds and none writes ``dvc.lock`` after the run gave up; the next run settles what is left."""
+    with _running_lock:
+        running = [process for process in _running if process.poll() is None]
+    for process in running:
+        try:
+            process.send_signal(signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+    return len(running)
+
+
 def run_dvc_stage(root: str | Path, stage: PipelineStage, device: str | None = None,
                   log: Callable[[str], None] | None = None) -> StageOutcome:
     """Reproduce one stage in ``root``; every line DVC and the stage print goes to ``log`` (default:
@@ -83,12 +107,19 @@ def run_dvc_stage(root: str | Path, stage: PipelineStage, device: str | None = N
     process = subprocess.Popen(lifeline.command(os.getpid(), dvc_command("--wait-for-lock", "repro", "--single-item", stage.name)),
                                cwd=root, env=stage_environment(device), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                text=True, errors="replace")
+    with _running_lock:
+        _running.add(process)
     lines = []
-    for line in process.stdout:
-        line = line.rstrip("\n")
-        lines.append(line)
-        log(line)
-    if process.wait() != 0:
+    try:
+        for line in process.stdout:
+            line = line.rstrip("\n")
+            lines.append(line)
+            log(line)
+        status = process.wait()
+    finally:
+        with _running_lock:
+            _running.discard(process)
+    if status != 0:
         if holders := blockers(root, stage):
             raise StageBusy(f"{stage.name}: another DVC process held its files: {_holders_text(holders)}")
         raise StageFailed(f"{stage.name} failed: {stage_error(lines)}")
