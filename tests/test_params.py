@@ -160,3 +160,122 @@ def test_params_yaml_repeats_the_defaults_of_the_code():
     for section in ("dataset", "dataset_overrides"):
         listed.pop(section), defaults.pop(section)
     assert listed == defaults
+
+
+# ---- YAML scalars that are not plain values, and interpolations (issue 29, items 7 and 8)
+
+SECRET = "hunter2-very-secret"
+DATE = r"reads as a date, which no parameter takes; put it in quotes if it is a text"
+TAG = r"YAML tags such as '{}' are not accepted in parameters; write the plain value"
+INTERPOLATION = r"interpolations such as \$\{\.\.\.\} \(and resolvers such as oc.env\) are not accepted"
+
+
+@pytest.mark.parametrize("old, new, message", [
+    ("root: null", "root: 2020-02-30", rf"line 7, key dataset.root: '2020-02-30' {DATE} \(\"2020-02-30\"\)"),
+    ("root: null", "root: 2020-01-01", rf"line 7, key dataset.root: '2020-01-01' {DATE}"),  # a valid date too
+    ("root: null", "root: 2001-12-14t21:59:43.10-05:00", rf"line 7, key dataset.root: '2001-12-14t21:59:43.10-05:00' {DATE}"),
+    ("subsets: [train, val]", "subsets: [train, 2020-01-01]", rf"key dataset.coco.subsets\[1\]: '2020-01-01' {DATE}"),
+    ("lr_image: 0.001", "lr_image: !!float abc", r"line 75, key methods.djsrh.lr_image: " + TAG.format("!!float")),
+    ("deduplicate: false", "deduplicate: !!bool maybe", r"key dataset.byo.deduplicate: " + TAG.format("!!bool")),
+    ("subsets: [train, val]", "subsets: !!omap [{train: 1}, {train: 2}]", r"key dataset.coco.subsets: " + TAG.format("!!omap")),
+    ("root: null", "root: !local x", r"line 7, key dataset.root: " + TAG.format("!local")),
+    ("root: null", "root: !!str 3", r"line 7, key dataset.root: " + TAG.format("!!str")),
+    ("root: null", "root: !!binary aGVsbG8=", r"line 7, key dataset.root: " + TAG.format("!!binary")),
+    ("seed: 0                # drives", "seed: " + "9" * 5000 + "  # drives",
+     r"line 6, key dataset.seed: a number of 5,000 characters; a parameter's number has at most 100"),
+    ("root: null", "root: 0x" + "f" * 200, r"line 7, key dataset.root: a number of 202 characters"),
+    ("root: null", "root: -_", r"line 7, key dataset.root: '-_' is a number without digits; write the number, or put it in quotes"),
+    ("root: null", "root: ._e+1", r"line 7, key dataset.root: '._e\+1' is a number without digits"),
+    ("root: null", "root: null\n  <<: {seed: 1}", r"line 8, key dataset.<<: '<<' has a special meaning in YAML \(merge\)"),
+    ("root: null", "root: ${oc.env:SECRET_TOKEN}", rf"line 7, key dataset.root: {INTERPOLATION}"),
+    ("root: null", r'root: "\x24{oc.env:SECRET_TOKEN}"', rf"line 7, key dataset.root: {INTERPOLATION}"),
+    ("root: null", r'root: "\u0024{oc.env:SECRET_TOKEN}"', rf"line 7, key dataset.root: {INTERPOLATION}"),
+    ("subsets: [train, val]", r'subsets: [train, "\x24{oc.env:SECRET_TOKEN}"]', rf"key dataset.coco.subsets\[1\]: {INTERPOLATION}"),
+    ("root: null", 'root: null\n  "\\x24{oc.env:SECRET_TOKEN}": 1', rf"line 8, key dataset.\$\{{oc.env:SECRET_TOKEN\}}: {INTERPOLATION}"),
+])
+def test_a_scalar_that_is_not_a_plain_value_is_one_line_from_check_params(tmp_path, old, new, message):
+    """Each of these ended in a traceback from inside the YAML loader (an impossible date, a tag whose
+    constructor fails, an integer of more than 4,300 digits), was read as a date or a merge, or let an
+    escaped ${...} through. check-params (and every stage) refuses them in one line naming the line
+    and the key, without converting anything; the secret never appears."""
+    from conftest import COMMAND_ENV, run_command
+
+    text = (REPO / "params.yaml").read_text()
+    assert old in text
+    (tmp_path / "params.yaml").write_text(text.replace(old, new, 1))
+    result = run_command(["cmhash", "check-params"], tmp_path, env={**COMMAND_ENV, "SECRET_TOKEN": SECRET}, check=False)
+    assert result.returncode == 1 and result.stdout == ""
+    error = result.stderr
+    assert error.startswith("cmhash check-params: error: params.yaml ") and error.endswith("\n")
+    assert len(error.splitlines()) == 1 and len(error) < 400 and "Traceback" not in error and SECRET not in error
+    import re
+
+    assert re.search(message, error), error
+
+
+def test_a_quoted_date_or_interpolation_like_text_is_a_text(tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_text((REPO / "params.yaml").read_text().replace("root: null", 'root: "2020-02-30"', 1)
+                    .replace("seed: 0                # drives", "seed: 1_000  # drives", 1))
+    params = load_params(path)
+    assert params["dataset"]["root"] == "2020-02-30" and params["dataset"]["seed"] == 1000
+    path.write_text((REPO / "params.yaml").read_text().replace("root: null", 'root: "/data/$HOME/{x}"', 1))
+    assert load_params(path)["dataset"]["root"] == "/data/$HOME/{x}"  # only `${` is refused
+
+
+@pytest.mark.parametrize("value, message", [
+    ("2020-13-45", rf"override dataset.root line 1: '2020-13-45' {DATE}"),
+    ("2020-02-30", rf"override dataset.root line 1: '2020-02-30' {DATE}"),
+    ("!!float abc", "override dataset.root line 1: " + TAG.format("!!float")),
+    ("!!bool maybe", "override dataset.root line 1: " + TAG.format("!!bool")),
+    ("!!omap [{a: 1}, {a: 2}]", "override dataset.root line 1: " + TAG.format("!!omap")),
+    ("!local x", "override dataset.root line 1: " + TAG.format("!local")),
+    ("9" * 5000, "override dataset.root line 1: a number of 5,000 characters"),
+    ("0b_", "override dataset.root line 1: '0b_' is a number without digits"),
+    ("<<", r"override dataset.root line 1: '<<' has a special meaning in YAML \(merge\)"),
+    ("${oc.env:SECRET_TOKEN}", rf"override dataset.root: {INTERPOLATION}"),
+    (r'"\x24{oc.env:SECRET_TOKEN}"', rf"override dataset.root line 1: {INTERPOLATION}"),
+    (r'"\u0024{oc.env:SECRET_TOKEN}"', rf"override dataset.root line 1: {INTERPOLATION}"),
+    (r'"\U00000024{oc.env:SECRET_TOKEN}"', rf"override dataset.root line 1: {INTERPOLATION}"),
+    (r'["a", "\x24{oc.env:SECRET_TOKEN}"]', rf"override dataset.root line 1, key \[1\]: {INTERPOLATION}"),
+    (r'{"\x24{oc.env:SECRET_TOKEN}": 1}', rf"override dataset.root line 1, key \$\{{oc.env:SECRET_TOKEN\}}: {INTERPOLATION}"),
+    (r'{a: {b: "\x24{x}"}}', rf"override dataset.root line 1, key a.b: {INTERPOLATION}"),
+    pytest.param(10 ** 5000, "override dataset.root: a value of type int is not a plain value",  # JSON from the flow
+                 id="int-of-5001-digits"),  # (pytest cannot name it: str() of it raises)
+    ({1, 2}, "override dataset.root line 1: " + TAG.format("!!set")),
+    (object(), "override dataset.root: a value of type object is not a plain value"),
+])
+def test_an_override_that_is_not_a_plain_value_is_one_line(value, message):
+    """What `python flows/pipeline.py -S dataset.root=VALUE` (and the flow's `overrides`) passes to
+    parse_overrides before anything is written: one line, never a traceback, never the literal
+    ${...} after YAML's escapes are undone."""
+    import re
+
+    from cmhash.pipeline.params_file import parse_overrides
+
+    with pytest.raises(CmhashError) as error:
+        parse_overrides({"dataset.root": value})
+    assert re.search(message, str(error.value)), str(error.value)
+    assert "\n" not in str(error.value) and len(str(error.value)) < 400
+
+
+def test_every_plain_number_like_spelling_loads_or_is_one_line():
+    """YAML's number patterns accept spellings its loader cannot convert (`-_`, `0x_`, `._`); every
+    short spelling from the characters numbers and dates are made of loads as a plain value or is
+    refused in one line."""
+    import itertools
+
+    from cmhash.pipeline.params_file import read_yaml_text
+
+    loaded = 0
+    for size in range(1, 4):
+        for letters in itertools.product("1_.-+eEbxo:T", repeat=size):
+            text = "".join(letters)
+            try:
+                value = read_yaml_text(f"a: {text}", "t")["a"]
+            except CmhashError as error:
+                assert "\n" not in str(error)
+                continue
+            assert value is None or type(value) in (str, int, float, bool), (text, value)
+            loaded += 1
+    assert loaded > 1000
