@@ -125,7 +125,6 @@ def _comparable_baseline(root: Path, candidates: list[str], new) -> tuple[str, A
 
 @flow(name="cmhash-pipeline", log_prints=True)
 def pipeline(
-    params_path: str = "params.yaml",
     overrides: dict[str, Any] | None = None,
     max_parallel: int = 2,
     baseline: str | None = None,
@@ -138,8 +137,8 @@ def pipeline(
     """Reproduce the DVC pipeline of the clone the run starts in and save it as an experiment.
 
     Args:
-        params_path: the parameter file the overrides apply to (relative to the clone, inside it).
-        overrides: dotted keys and plain values, applied as `dvc exp run -S KEY=VALUE` applies them (no `${...}`).
+        overrides: dotted keys and plain values, written into params.yaml (the file every stage reads) as
+            `dvc exp run -S KEY=VALUE` writes them (no `${...}`).
         max_parallel: independent stages run at the same time (threads, or local Dask workers).
         baseline: the version the metrics are compared with; default: the deployment's last completed run with
             the same data and evaluation settings, else HEAD.
@@ -161,7 +160,7 @@ def pipeline(
     with exclusive_workspace(root, workspace_timeout):
         for done in recover_params(root):
             print(done)
-        with params_for_run(root, params_path, overrides, run=runtime.flow_run.name or ""):
+        with params_for_run(root, overrides, run=runtime.flow_run.name or ""):
             stages = read_pipeline(root)
             for leftover in remove_leftover_temporaries(root, _output_folders(root, stages)):
                 print(f"removed {leftover}: left half-written by a stage that was killed")
@@ -195,9 +194,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Run the cmhash pipeline once as a Prefect flow, from the project root: "
                                                  "against the server of PREFECT_API_URL, or else a temporary one started "
                                                  "here (and stopped with this process).")
-    parser.add_argument("--params", default="params.yaml", help="parameter file the overrides apply to")
     parser.add_argument("-S", "--set-param", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a parameter for this run, as `dvc exp run -S` does (repeatable)")
+                        help="override a parameter of params.yaml for this run, as `dvc exp run -S` does (repeatable)")
     parser.add_argument("--max-parallel", type=int, default=2, help="stages run at the same time (default: 2)")
     parser.add_argument("--baseline", help="version to compare the metrics with (default: HEAD)")
     parser.add_argument("--regression-threshold", type=float, default=0.01,
@@ -223,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
     from cmhash.orchestration.prefect_server import api_for_this_process
 
     with api_for_this_process():
-        state = pipeline(args.params, overrides, args.max_parallel, args.baseline, args.regression_threshold, args.push,
+        state = pipeline(overrides, args.max_parallel, args.baseline, args.regression_threshold, args.push,
                          args.task_runner, args.dask_address, args.workspace_timeout, return_state=True)
     if not state.is_completed():
         print(f"cmhash-pipeline: {state.message}", file=sys.stderr)

@@ -9,7 +9,7 @@ import time
 
 import pytest
 import yaml
-from conftest import run_command, scratch_project, tiny_params
+from conftest import REPO, run_command, scratch_project, tiny_params
 
 from cmhash.errors import CmhashError
 from cmhash.orchestration.devices import gpu_lease
@@ -43,7 +43,7 @@ def test_overrides_are_written_as_dvc_exp_run_s_writes_them(project):
         "methods.dcmht.epochs": 1, "methods.djsrh.lr_image": 0.001, "methods.jdsh.lr": 1e-9}
     (project / "params.yaml").write_text("# Every knob of every stage\n" + (project / "params.yaml").read_text())
     original = (project / "params.yaml").read_text()
-    with params_for_run(project, "params.yaml", {"methods.djsrh.epochs": "3", "train.bits": [16],
+    with params_for_run(project, {"methods.djsrh.epochs": "3", "train.bits": [16],
                                                  "methods.jdsh.lr": 1e-9}) as path:
         params = load_params(path)  # read back as the stages read it: 1e-09 is a number (YAML 1.2)
         assert params["methods"]["djsrh"]["epochs"] == 3 and params["train"]["bits"] == [16]
@@ -71,17 +71,17 @@ def test_bad_overrides_are_refused_before_anything_is_written(project, monkeypat
     original = (project / "params.yaml").read_text()
     ran = False
     with pytest.raises(CmhashError, match=message.replace("[", r"\[").replace("$", r"\$").replace("{", r"\{")) as error:
-        with params_for_run(project, "params.yaml", overrides):
+        with params_for_run(project, overrides):
             ran = True
     assert not ran and (project / "params.yaml").read_text() == original
     assert "hunter2" not in str(error.value) and "\n" not in str(error.value)
     assert not (project / RECORDS).exists() or not list((project / RECORDS).glob("*"))
 
 
-def _killed_run(project, params_path="params.yaml", overrides=None):
+def _killed_run(project, overrides=None):
     """A run killed (SIGKILL) while its overrides are in the parameter file."""
     code = ("import os, sys; from cmhash.orchestration.workspace import params_for_run\n"
-            f"with params_for_run({str(project)!r}, {params_path!r}, {overrides or {'train.seed': 7}!r}, run='killed-run'):\n"
+            f"with params_for_run({str(project)!r}, {overrides or {'train.seed': 7}!r}, run='killed-run'):\n"
             "    os.kill(os.getpid(), 9)\n")
     assert subprocess.run([sys.executable, "-c", code]).returncode == -9
 
@@ -109,31 +109,35 @@ def test_an_edit_made_after_a_killed_run_is_never_overwritten(project):
         assert yaml.safe_load(copy.read_text())["train"]["seed"] == 0  # the file from before the killed run
 
 
-def test_a_killed_run_of_another_parameter_file_puts_back_that_file_only(project):
-    (project / "sub").mkdir()
-    other = project / "sub" / "params.yaml"
-    other.write_text((project / "params.yaml").read_text())
-    original, main_file = other.read_bytes(), (project / "params.yaml").read_bytes()
-    _killed_run(project, "sub/params.yaml")
-    (project / "params.yaml").write_text((project / "params.yaml").read_text().replace("seed: 0", "seed: 5"))  # a user edit
-    edited = (project / "params.yaml").read_bytes()
-    assert len(recover_params(project)) == 1
-    assert other.read_bytes() == original and (project / "params.yaml").read_bytes() == edited != main_file
-
-
-def test_a_parameter_file_outside_the_clone_is_refused(project, tmp_path):
-    (tmp_path / "other").mkdir()
-    (tmp_path / "other" / "params.yaml").write_text((project / "params.yaml").read_text())
-    for path in ("../other/params.yaml", str(tmp_path / "other" / "params.yaml")):
-        with pytest.raises(CmhashError, match="is outside the clone"):
-            with params_for_run(project, path, {"train.seed": 1}):
+def test_a_parameter_file_that_is_not_utf8_is_one_line_with_or_without_overrides(project):
+    data = (project / "params.yaml").read_bytes().replace(b"seed: 0", b"seed: 0 # caf\xe9", 1)
+    (project / "params.yaml").write_bytes(data)
+    line = data[:data.index(b"\xe9")].count(b"\n") + 1
+    for overrides in (None, {"train.seed": 3}):
+        with pytest.raises(CmhashError, match=f"params.yaml line {line}: byte 0xe9 is not UTF-8; save the file as UTF-8"):
+            with params_for_run(project, overrides):
                 pass
-    assert (tmp_path / "other" / "params.yaml").read_text() == (project / "params.yaml").read_text()
+        assert (project / "params.yaml").read_bytes() == data and not list((project / RECORDS).glob("*"))
+
+
+def test_the_flow_has_no_parameter_file_other_than_params_yaml():
+    """Every stage reads params.yaml (dvc.yaml names no other file), so a flow parameter naming
+    another file would write overrides that no stage reads; there is none."""
+    import inspect
+
+    sys.path.insert(0, str(REPO / "flows"))
+    try:
+        from pipeline import main, pipeline
+    finally:
+        sys.path.remove(str(REPO / "flows"))
+    assert "params_path" not in inspect.signature(pipeline.fn).parameters
+    with pytest.raises(SystemExit):
+        main(["--params", "other.yaml"])
 
 
 def test_an_edit_during_the_run_is_kept_and_named(project):
     with pytest.raises(CmhashError, match="changed while the run used it, so it was not put back"):
-        with params_for_run(project, "params.yaml", {"train.seed": 3}) as path:
+        with params_for_run(project, {"train.seed": 3}) as path:
             path.write_text(path.read_text() + "\n# my note\n")
     assert (project / "params.yaml").read_text().endswith("# my note\n")
 

@@ -5,8 +5,9 @@
 - :func:`exclusive_workspace`: one flow run at a time, and none while another DVC process (a
   ``dvc repro`` started by hand, say) works here: the run waits, then refuses with a message naming
   the process, and never rewrites a file under it.
-- :func:`params_for_run`: the run's overrides written into params.yaml as ``dvc exp run -S`` writes
-  them, checked before any stage runs, and the file put back as it was when the run ends, but only
+- :func:`params_for_run`: the run's overrides written into params.yaml (the file every stage's
+  ``params`` in dvc.yaml name, so the one whose values the stages and the experiment record) as
+  ``dvc exp run -S`` writes them, checked before any stage runs, and the file put back as it was when the run ends, but only
   if it is still exactly what the run wrote: a file the user edited meanwhile is never overwritten.
 - :func:`recover_params`: what a killed run left (its overrides still in the file) put back, or a
   refusal that says what to do, before the next run touches anything.
@@ -129,17 +130,7 @@ def _record_paths(root: Path, relative: str) -> tuple[Path, Path]:
     return folder / f"{key}.json", folder / f"{key}.before"
 
 
-def _parameter_file(root: Path, params_path: str | Path) -> tuple[Path, str]:
-    """The parameter file and its path relative to the clone; it must be a file inside the clone."""
-    path = (root / params_path).resolve()
-    try:
-        relative = path.relative_to(root.resolve()).as_posix()
-    except ValueError:
-        raise CmhashError(f"params_path {quote(str(params_path), 200)} is outside the clone {root}; the flow only "
-                          "writes parameter files of the clone it runs in.") from None
-    if not path.is_file():
-        raise CmhashError(f"{path}: parameter file not found (flow parameter params_path is relative to {root}).")
-    return path, relative
+PARAMS_FILE = "params.yaml"  # DVC's parameter file: the one every stage of dvc.yaml reads its params from
 
 
 def recover_params(root: str | Path) -> list[str]:
@@ -179,9 +170,8 @@ def recover_params(root: str | Path) -> list[str]:
 
 
 @contextmanager
-def params_for_run(root: str | Path, params_path: str = "params.yaml", overrides: dict[str, Any] | None = None,
-                   run: str = "") -> Iterator[Path]:
-    """Apply ``overrides`` to the parameter file for the duration of the run, check the result
+def params_for_run(root: str | Path, overrides: dict[str, Any] | None = None, run: str = "") -> Iterator[Path]:
+    """Apply ``overrides`` to params.yaml for the duration of the run, check the result
     before anything is written, and put the file back as it was afterwards (even on failure), so
     that one run's overrides never leak into the next; but only if the file is still exactly what
     the run wrote: a file edited meanwhile is left alone, with a message naming the copy from
@@ -191,13 +181,16 @@ def params_for_run(root: str | Path, params_path: str = "params.yaml", overrides
     from cmhash.pipeline.params_file import apply_overrides, parse_overrides, read_yaml_file, read_yaml_text
 
     root = Path(root)
-    path, relative = _parameter_file(root, params_path)
+    path, relative = root / PARAMS_FILE, PARAMS_FILE
+    if not path.is_file():
+        raise CmhashError(f"{path}: parameter file not found; every stage of dvc.yaml reads its params from it.")
     parsed = parse_overrides(overrides)  # interpolations and malformed values refused before anything is written
+    original = path.read_bytes()
+    params = read_yaml_file(path)  # bytes that are not UTF-8 and malformed YAML refused, one line each
     if not parsed:
-        validate_params(read_yaml_file(path), path)  # every key checked before any stage runs
+        validate_params(params, path)  # every key checked before any stage runs
         yield path
         return
-    original = path.read_bytes()
     updated = apply_overrides(original.decode("utf-8"), parsed, str(path)).encode("utf-8")
     validate_params(read_yaml_text(updated.decode("utf-8"), str(path)), path)
     record_path, copy_path = _record_paths(root, relative)
