@@ -118,8 +118,8 @@ def closures(tmp_path_factory, clip_config):
     for method in METHODS:
         runs[f"train@{method}-16"] = _stage("train", params, layout, method, 16, False)
     runs["evaluate"] = _stage("evaluate", params, layout, None, False)
-    runs["index"] = _stage("index", params, layout)
     runs["items"] = _stage("items", params, layout, False)
+    runs["index"] = _stage("index", params, layout)  # after items: each index records the catalog it was built with
     runs["report"] = _stage("report", params, layout)
     return runs
 

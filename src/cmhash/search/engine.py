@@ -125,13 +125,22 @@ class HammingIndex:
         path = Path(path)
         try:
             with open(path, "rb") as handle:
-                magic, header = handle.readline(len(_MAGIC)), handle.readline(4096)
-                offset = handle.tell()
-            meta = json.loads(header) if magic == _MAGIC else None
+                return cls.from_open_file(handle, path, mmap)
         except FileNotFoundError:
             raise CmhashError(f"{path}: no such index file.") from None
         except IsADirectoryError:
             raise CmhashError(f"{path}: a folder, not an index file.") from None
+
+    @classmethod
+    def from_open_file(cls, handle, path: str | os.PathLike, mmap: bool = True) -> "HammingIndex":
+        """:meth:`load` from a file already open for binary reading (read from its start; ``path``
+        names it in messages): what was checked through this handle is what is loaded, even if the
+        path is replaced meanwhile. The handle may be closed afterwards (a memory map keeps its file)."""
+        handle.seek(0)
+        try:
+            magic, header = handle.readline(len(_MAGIC)), handle.readline(4096)
+            offset = handle.tell()
+            meta = json.loads(header) if magic == _MAGIC else None
         except (json.JSONDecodeError, UnicodeDecodeError):
             meta = None
         bits, items = (meta.get("bits"), meta.get("items")) if isinstance(meta, dict) else (None, None)
@@ -140,16 +149,17 @@ class HammingIndex:
             raise CmhashError(f"{path}: not a cmhash Hamming index (written by HammingIndex.save), or its header is damaged.")
         n_words = -(-bits // 64)
         expected = offset + items * n_words * 8
-        if path.stat().st_size != expected:
-            raise CmhashError(f"{path}: truncated or damaged ({path.stat().st_size} bytes, expected {expected}); "
-                              "build it again (dvc repro).")
+        size = os.fstat(handle.fileno()).st_size
+        if size != expected:
+            raise CmhashError(f"{path}: truncated or damaged ({size} bytes, expected {expected}); build it again (dvc repro).")
         index = cls(bits=bits)
         if items == 0:
             return index
         if mmap:
-            index._words = np.memmap(path, np.uint64, "r", offset=offset, shape=(items, n_words))
+            index._words = np.memmap(handle, np.uint64, "r", offset=offset, shape=(items, n_words))
         else:
-            index._words = np.fromfile(path, np.uint64, offset=offset).reshape(items, n_words)
+            handle.seek(offset)
+            index._words = np.fromfile(handle, np.uint64, count=items * n_words).reshape(items, n_words)
         return index
 
 

@@ -1,5 +1,7 @@
 """The ``index`` stage: the search index of every trained method and length (packed codes, ids,
-the model that encodes queries), in one process; one stage for all of them, as ``evaluate`` is."""
+the model that encodes queries), in one process; one stage for all of them, as ``evaluate`` is.
+Each index records the items catalog (``data/items``) it was built with, so the stage runs after
+``items``."""
 
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ def run(params: dict[str, Any], layout: Layout, chosen: list[tuple[str, int]] | 
     written = []
     for method, bits in chosen:
         model_dir = layout.model_dir(method, bits)
-        written.append(build_index(model_dir / "codes.h5", model_dir / "model.pt", features, layout.index_dir(method, bits)))
+        written.append(build_index(model_dir / "codes.h5", model_dir / "model.pt", features, layout.items_dir(),
+                                   layout.index_dir(method, bits)))
         log(f"wrote {written[-1]}")
     return written
