@@ -1,6 +1,7 @@
 """Search with the codes: the items and index stages, `cmhash search`, the HTTP API and the page
 in a real browser, on a small project built once for the module."""
 
+import io
 import json
 import os
 import shutil
@@ -20,6 +21,7 @@ from conftest import COMMAND_ENV, tiny_params
 from cmhash.pipeline import stages
 from cmhash.pipeline.cli import main, search_service
 from cmhash.pipeline.layout import Layout
+from cmhash.service.search_service import Request
 
 EVIL_CAPTION = '<img src=x onerror="document.title=\'pwned\'">\x1b[2Ja caption with markup'
 
@@ -46,8 +48,8 @@ def project(tmp_path_factory):
     for method in params["train"]["methods"]:
         stages.train.run(params, layout, method, 32, progress=False)
     stages.evaluate.run(params, layout, progress=False, log=lambda line: None)
-    stages.index.run(params, layout, log=lambda line: None)
     stages.items.run(params, layout, progress=False)
+    stages.index.run(params, layout, log=lambda line: None)  # records the catalog it was built with
     (layout.root / "params.yaml").write_text(yaml.safe_dump(params))
     return params, layout, evil_item
 
@@ -206,6 +208,9 @@ def _free_port() -> int:
         return probe.getsockname()[1]
 
 
+SERVER_PIDS: dict[str, int] = {}  # the served fixture's URL -> the server's process id
+
+
 @pytest.fixture(scope="module")
 def served(project):
     """A real `cmhash serve` process on a free port of 127.0.0.1."""
@@ -224,6 +229,7 @@ def served(project):
         except httpx.HTTPError:
             assert server.poll() is None and time.monotonic() < deadline, server.stdout.read()
             time.sleep(0.5)
+    SERVER_PIDS[f"http://127.0.0.1:{port}"] = server.pid
     yield f"http://127.0.0.1:{port}"
     os.killpg(server.pid, signal.SIGTERM)
     server.wait(30)
@@ -555,3 +561,342 @@ def test_batched_answers_equal_one_at_a_time_answers(workspace):
         assert not isinstance(answer, Exception)
         assert answer["results"] == alone["results"] and answer["notes"] == alone["notes"], request
     assert sum(isinstance(answer, SearchError) for answer in batched) == 3
+
+
+# ---- a catalog that follows its index, bounded memory, one version per answer, rebuilds, JSON errors (issue 29)
+
+@pytest.fixture
+def full_workspace(project, tmp_path):
+    """A copy of the whole module project (prepared data, features, models, catalog, indexes), so a
+    test may rebuild the catalog and the indexes."""
+    params, layout, evil_item = project
+    shutil.copytree(layout.root, tmp_path / "copy")
+    return params, Layout(tmp_path / "copy")
+
+
+def _catalog_captions(layout) -> dict[int, list[str]]:
+    """{item: captions} as data/items/items.h5 holds them now."""
+    with h5py.File(layout.items_dir() / "items.h5", "r") as f:
+        texts, text_item = f["texts"].asstr()[()], f["text_item"][()]
+    captions: dict[int, list[str]] = {}
+    for text, item in zip(texts, text_item):
+        captions.setdefault(int(item), []).append(text)
+    return captions
+
+
+def _rewrite_captions(layout, prefix: str) -> None:
+    """Another version of the prepared data's captions (as another dataset.seed gives)."""
+    with h5py.File(layout.prepared("builtin"), "r+") as f:
+        texts = [f"{prefix} {text}" for text in f["texts"].asstr()[()]]
+        del f["texts"]
+        f.create_dataset("texts", data=np.array(texts, dtype=object), dtype=h5py.string_dtype())
+
+
+def test_the_catalog_follows_its_index_and_an_answer_is_one_version(full_workspace):
+    """Issue 29, 10: a service that loaded an index keeps answering with that index's own catalog
+    until the index is rebuilt, then answers with the new catalog; an index whose recorded catalog is
+    not the one on disk is refused, never served with the other's captions."""
+    from cmhash.search.query import SearchError
+
+    params, layout = full_workspace
+    service = search_service(params, layout)
+    before = service.search("dcmht", 32, 5, text="a red square")["results"]
+    assert all(result["captions"] == _catalog_captions(layout)[result["id"]] for result in before)
+    _rewrite_captions(layout, "v2")
+    stages.items.run(params, layout, progress=False)  # the catalog is rebuilt first (the index stage depends on it)
+    # the index loaded before is still served with its own catalog: old ids, old captions, one version
+    assert service.search("dcmht", 32, 5, text="a red square")["results"] == before
+    # a service that never loaded it refuses the index that records another catalog
+    with pytest.raises(SearchError, match="built with another version of the items catalog") as error:
+        search_service(params, layout).search("dcmht", 32, 5, text="a red square")
+    assert error.value.status == 503 and "dvc repro index" in str(error.value)
+    stages.index.run(params, layout, log=lambda line: None)
+    after = service.search("dcmht", 32, 5, text="a red square")["results"]
+    catalog = _catalog_captions(layout)
+    assert [r["id"] for r in after] == [r["id"] for r in before]
+    assert all(result["captions"] == catalog[result["id"]] and result["captions"][0].startswith("v2 ") for result in after)
+    assert service.item(after[0]["id"])["captions"] == catalog[after[0]["id"]]
+    # a thumbnail that is not the one the catalog recorded is not served
+    images = layout.items_dir() / "images"
+    assert service.thumbnail(7) == (images / "7.jpg").read_bytes()
+    (images / "7.jpg").write_bytes((images / "8.jpg").read_bytes())
+    with pytest.raises(SearchError, match="item 7 has no thumbnail") as error:
+        service.thumbnail(7)
+    assert error.value.status == 404
+
+
+@pytest.mark.parametrize("rebuild", ["removed", "replaced by another index"])
+def test_an_index_is_loaded_from_the_files_it_checked(workspace, monkeypatch, rebuild):
+    """Issue 29, 12: the index folder is rebuilt right after its files were checked (their md5 computed):
+    what is loaded is still what was checked, not a mix of versions, and not a FileNotFoundError."""
+    import hashlib
+
+    params, layout = workspace
+    expected = search_service(params, layout).search("dcmht", 32, 5, text="a blue star")["results"]
+    folder = layout.index_dir("dcmht", 32)
+    last_checked = json.loads((folder / "index.json").read_text())["files"]["model.pt"]
+    real_md5, rebuilt = hashlib.md5, []
+
+    class RebuildAfterTheCheck:
+        def __init__(self, *args, **kwargs):
+            self._digest = real_md5(*args, **kwargs)
+
+        def update(self, data):
+            self._digest.update(data)
+
+        def hexdigest(self):
+            digest = self._digest.hexdigest()
+            if digest == last_checked and not rebuilt:
+                rebuilt.append(True)
+                shutil.rmtree(folder)
+                if rebuild != "removed":
+                    shutil.copytree(layout.index_dir("lsh", 32), folder)
+            return digest
+
+    monkeypatch.setattr(hashlib, "md5", RebuildAfterTheCheck)
+    answer = search_service(params, layout).search("dcmht", 32, 5, text="a blue star")
+    assert rebuilt and answer["results"] == expected
+
+
+def _dvc_lock(root: Path, written: Path):
+    """DVC's own lock (``.dvc/tmp/rwlock``, written by dvc's rwlock) on ``written``, as `dvc repro`
+    holds it while a stage removes and writes its outputs."""
+    from dvc.fs import localfs
+    from dvc.rwlock import rwlock
+
+    (root / ".dvc" / "tmp").mkdir(parents=True, exist_ok=True)
+    return rwlock(str(root / ".dvc" / "tmp"), localfs, "dvc repro index", [], [str(written)], False)
+
+
+def test_a_rebuild_in_progress_serves_the_loaded_version_or_says_retry(workspace):
+    """Issue 29, 13: while `dvc repro` rebuilds the indexes (DVC removes data/index, then the stage
+    writes it again), an index loaded before is served whole; one never loaded is a 503 with
+    Retry-After; once the rebuild is over, a missing index is the usual 404."""
+    from fastapi.testclient import TestClient
+
+    from cmhash.search.query import SearchError
+    from cmhash.service.server import create_app
+
+    params, layout = workspace
+    service = search_service(params, layout)
+    client = TestClient(create_app(service))
+    expected = client.get("/api/search", params={"text": "a blue star", "method": "dcmht", "bits": 32}).json()["results"]
+    index_root = layout.root / "data" / "index"
+    saved = layout.root / "saved-index"
+    with _dvc_lock(layout.root, index_root):
+        shutil.move(index_root, saved)  # what DVC does before the stage runs
+        answer = client.get("/api/search", params={"text": "a blue star", "method": "dcmht", "bits": 32})
+        assert answer.status_code == 200 and answer.json()["results"] == expected
+        refused = client.get("/api/search", params={"text": "a blue star", "method": "lsh", "bits": 32})
+        assert refused.status_code == 503 and refused.headers["retry-after"] == "2", refused.text
+        assert refused.json()["error"] == "the index lsh-32 is being rebuilt (dvc repro is running); retry in a few seconds."
+        assert client.get("/api/search", params={"text": "x", "method": "nope", "bits": 32}).status_code == 404
+        index_root.mkdir()
+        shutil.copytree(saved / "lsh-32", index_root / "lsh-32")  # the stage wrote one index so far
+        assert client.get("/api/search", params={"text": "a blue star", "method": "lsh", "bits": 32}).status_code == 200
+        assert client.get("/api/search", params={"text": "a blue star", "method": "dcmht", "bits": 32}).json()["results"] == expected
+    with pytest.raises(SearchError, match="there is no index for method 'dcmht' at 32 bits") as error:
+        service.search("dcmht", 32, 5, text="a blue star")  # no rebuild in progress: gone is gone
+    assert error.value.status == 404 and ("dcmht", 32) not in service._indexes
+    # a folder being written (cmhash.atomic's temporary), without DVC, is a rebuild in progress too
+    (index_root / ".dcmht-32.0123456789ab.tmp").mkdir()
+    with pytest.raises(SearchError, match="the index dcmht-32 is being rebuilt") as error:
+        service.search("dcmht", 32, 5, text="a blue star")
+    assert error.value.status == 503 and error.value.retry_after == 2
+
+
+def _large_png(width: int = 9000, height: int = 9000) -> bytes:
+    """A real image of width x height pixels (under the default pixel limit) in a few dozen KB."""
+    from PIL import Image, ImageDraw
+
+    image = Image.new("L", (width, height), 200)
+    ImageDraw.Draw(image).ellipse((width // 4, height // 4, 3 * width // 4, 3 * height // 4), fill=40)
+    out = io.BytesIO()
+    image.save(out, format="PNG", compress_level=9)
+    return out.getvalue()
+
+
+def test_an_image_is_prepared_at_once_and_the_images_held_are_bounded(workspace):
+    """Issue 29, 11: an image query becomes the encoder's small input as soon as it is read, and what
+    decoding would hold is reserved first: over the limit, a 503 with Retry-After before any pixel
+    is decoded."""
+    from cmhash.search.query import SearchError
+    from cmhash.service.search_service import DECODE_BYTES_PER_PIXEL, ImageMemory
+
+    params, layout = workspace
+    service = search_service(params, layout)
+    image = (layout.items_dir() / "images" / "9.jpg").read_bytes()
+    prepared = service.prepare_image(image)
+    assert tuple(prepared.batch.shape) == (1, 3, 64, 64) and prepared.nbytes == 3 * 64 * 64 * 4
+    assert service.search("dcmht", 32, 4, image=image)["results"] == \
+        service.search_many([Request("dcmht", 32, 4, picture=prepared)])[0]["results"]
+    from PIL import Image
+
+    width, height = Image.open(io.BytesIO(image)).size
+    memory = ImageMemory(limit=width * height * DECODE_BYTES_PER_PIXEL)  # exactly what decoding it may hold
+    with memory.holding(1):  # one byte held already: it no longer fits
+        with pytest.raises(SearchError, match="retry in a moment") as error:
+            service.prepare_image(image, memory=memory)
+    assert error.value.status == 503 and error.value.retry_after == 1 and memory.held == 0
+    assert service.prepare_image(image, memory=memory).nbytes == prepared.nbytes
+    assert memory.held == 0  # released once decoded
+
+
+def test_the_batcher_bounds_its_queue_and_its_batches_bytes():
+    """Issue 29, 11: at most max_waiting requests wait (then 503 with Retry-After), and a batch holds
+    at most max_batch_bytes of prepared images."""
+    import asyncio
+    import threading
+
+    from cmhash.search.query import SearchError
+    from cmhash.service.batching import Batcher
+
+    class SlowService:
+        def __init__(self):
+            self.batches, self.go = [], threading.Event()
+
+        def search_many(self, requests):
+            self.go.wait(10)
+            self.batches.append([request.k for request in requests])
+            return [{"k": request.k} for request in requests]
+
+    async def scenario():
+        service = SlowService()
+        batcher = Batcher(service, window=0.05, max_batch=64, max_batch_bytes=100, max_waiting=5)
+        first = asyncio.ensure_future(batcher.search(Request("m", 8, 0, text="x"), 0))
+        await asyncio.sleep(0.2)  # the first batch is being answered; the next ones wait
+        waiting = [asyncio.ensure_future(batcher.search(Request("m", 8, k, text="x"), 40)) for k in range(1, 6)]
+        await asyncio.sleep(0.05)
+        with pytest.raises(SearchError, match="5 searches are waiting") as error:
+            await batcher.search(Request("m", 8, 99, text="x"), 0)
+        assert error.value.status == 503 and error.value.retry_after == 1
+        service.go.set()
+        answers = await asyncio.gather(first, *waiting)
+        return service.batches, answers
+
+    batches, answers = asyncio.run(scenario())
+    assert [answer["k"] for answer in answers] == [0, 1, 2, 3, 4, 5]
+    assert batches == [[0], [1, 2], [3, 4], [5]]  # 40 + 40 bytes fit in 100, a third does not
+
+
+def _peak_rss_since_reset(pid: int):
+    """A way to read the peak resident memory of process ``pid`` from now on: the kernel's own
+    (VmHWM, reset through clear_refs) where it may be reset, else sampled with psutil."""
+    import threading
+
+    import psutil
+
+    process = psutil.Process(pid)
+    try:
+        Path(f"/proc/{pid}/clear_refs").write_text("5")
+
+        def peak() -> int:
+            line = next(line for line in Path(f"/proc/{pid}/status").read_text().splitlines() if line.startswith("VmHWM:"))
+            return int(line.split()[1]) * 1024
+
+        return peak, lambda: None
+    except OSError:
+        highest, stop = [process.memory_info().rss], threading.Event()
+
+        def sample():
+            while not stop.is_set():
+                highest[0] = max(highest[0], process.memory_info().rss)
+                time.sleep(0.005)
+
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
+        return (lambda: highest[0]), stop.set
+
+
+@pytest.mark.e2e  # a real server's memory under concurrent large images
+def test_concurrent_large_images_hold_bounded_memory_in_the_server(served):
+    """Issue 29, 11: eight concurrent 9000 x 9000 PNGs (81M pixels, under the pixel limit, 80 KB each)
+    to a real server: each is answered (200) or refused for now (503 with Retry-After), and the
+    server's peak memory grows by about one decoded image, not eight (before: +594 MB an image)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import httpx
+    import psutil
+
+    from cmhash.service.search_service import image_memory_limit
+
+    png = _large_png()
+    assert len(png) < 200_000
+    httpx.post(f"{served}/api/search?method=dcmht&bits=32&k=3", content=_large_png(64, 64), timeout=60).raise_for_status()
+    pid = SERVER_PIDS[served]
+    baseline = psutil.Process(pid).memory_info().rss
+    peak, stop = _peak_rss_since_reset(pid)
+
+    def post(_):
+        return httpx.post(f"{served}/api/search?method=dcmht&bits=32&k=3", content=png, timeout=120)
+
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(post, range(8)))
+    grown = peak() - baseline
+    stop()
+    statuses = sorted(answer.status_code for answer in answers)
+    assert set(statuses) <= {200, 503} and 200 in statuses, [answer.text[:200] for answer in answers]
+    assert all(answer.headers.get("retry-after") == "1" for answer in answers if answer.status_code == 503)
+    assert all(answer.headers["content-type"] == "application/json" for answer in answers)
+    limit = image_memory_limit(89_478_485)
+    assert grown < limit + 250 * 2**20, f"the server grew by {grown / 2**20:,.0f} MB (images held at most {limit / 2**20:,.0f} MB)"
+
+
+def _raw_request(url: str, request: bytes) -> tuple[int, dict[str, str], bytes]:
+    """Send ``request`` as it is on a socket to the server at ``url``; its status, headers and body."""
+    host, port = url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=30) as connection:
+        connection.sendall(request)
+        received = b""
+        while chunk := connection.recv(65536):
+            received += chunk
+    head, _, body = received.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    headers = dict(line.lower().split(": ", 1) for line in lines[1:])
+    return int(lines[0].split()[1]), headers, body
+
+
+@pytest.mark.e2e  # a real server on 127.0.0.1, a raw socket
+@pytest.mark.parametrize("content_length", [b"abc", b"-1", b"1e3", b"10, 20"])
+def test_a_malformed_content_length_is_answered_in_json(served, content_length):
+    """Issue 29, 14: what h11 cannot parse is answered by uvicorn itself; the answer is JSON too."""
+    status, headers, body = _raw_request(served, b"POST /api/search?method=dcmht&bits=32 HTTP/1.1\r\nHost: x\r\n"
+                                                 b"Content-Length: " + content_length + b"\r\n\r\nxyz")
+    assert status == 400 and headers["content-type"] == "application/json", (status, headers, body)
+    assert json.loads(body)["error"].startswith("the request is not valid HTTP/1.1")
+
+
+@pytest.mark.e2e  # a real uvicorn server on 127.0.0.1, raw sockets
+def test_past_the_connection_limit_the_answer_is_json_with_retry_after():
+    """Issue 29, 11 and 14: uvicorn's limit_concurrency is set, and the 503 beyond it is JSON with
+    Retry-After (uvicorn's own is plain text)."""
+    import threading
+
+    import uvicorn
+
+    from cmhash.service.server import server_config
+
+    async def app(scope, receive, send):
+        if scope["type"] == "http":
+            await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"application/json")]})
+            await send({"type": "http.response.body", "body": b"{}"})
+
+    port = _free_port()
+    server = uvicorn.Server(server_config(app, "127.0.0.1", port, limit_concurrency=2))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 30
+        while not server.started:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        url = f"http://127.0.0.1:{port}"
+        assert _raw_request(url, b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")[0] == 200
+        with socket.create_connection(("127.0.0.1", port)):  # a second connection, open: the limit is reached
+            time.sleep(0.2)
+            status, headers, body = _raw_request(url, b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        assert status == 503 and headers["content-type"] == "application/json" and headers["retry-after"] == "1"
+        assert "its limit; retry in a moment" in json.loads(body)["error"]
+    finally:
+        server.should_exit = True
+        thread.join(30)

@@ -13,11 +13,14 @@ from cmhash.errors import CmhashError
 
 
 class SearchError(CmhashError):
-    """A search request that cannot be served; ``status`` is its HTTP status code."""
+    """A search request that cannot be served; ``status`` is its HTTP status code, and
+    ``retry_after`` (seconds), when set, says that the same request will be served later (the
+    server is busy, or the index is being rebuilt): the server sends it as ``Retry-After``."""
 
-    def __init__(self, message: str, status: int = 400):
+    def __init__(self, message: str, status: int = 400, retry_after: int | None = None):
         super().__init__(message)
         self.status = status
+        self.retry_after = retry_after
 
 
 def check_recipe(index_name: str, recipe: dict[str, Any], encoder) -> None:

@@ -9,20 +9,25 @@
     GET  /api/openapi.json          the OpenAPI document: every status and media type these answer
 
 Every error, from any route (an unknown one too), is JSON ``{"error": message}`` with a 4xx or 5xx
-status; none is a traceback or plain text. Concurrent searches are answered in batches
-(:mod:`cmhash.service.batching`). The interactive API pages (Swagger UI) are not served: they load
+status; none is a traceback or plain text, not even those uvicorn itself answers (a request that is
+not valid HTTP, too many connections: :mod:`cmhash.service.protocol`). Concurrent searches are
+answered in batches (:mod:`cmhash.service.batching`); an uploaded image is decoded into the model's
+input as soon as it arrives, in one thread of its own, the bytes of images held at once bounded
+(:class:`~cmhash.service.search_service.ImageMemory`). The interactive API pages (Swagger UI) are not served: they load
 their scripts from a CDN, so they would be blank offline; the OpenAPI document is served instead.
 (FastAPI resolves the handlers' annotations at import, hence no ``from __future__ import
 annotations`` here.)
 """
 
+import asyncio
+from concurrent.futures import ThreadPoolExecutor
 from importlib import resources
 from typing import Any
 
 from fastapi import FastAPI, Query, Request
 from fastapi import Path as PathParameter
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
+from fastapi.responses import HTMLResponse, JSONResponse, Response
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
@@ -30,12 +35,14 @@ from starlette.routing import Match
 from cmhash.codes import MAX_BITS
 from cmhash.search.query import SearchError
 from cmhash.service.batching import Batcher
-from cmhash.service.search_service import MAX_K, MAX_TEXT_CHARS, MAX_UPLOAD_BYTES, SearchService
+from cmhash.service.search_service import MAX_K, MAX_TEXT_CHARS, MAX_UPLOAD_BYTES, ImageMemory, SearchService, image_memory_limit
 from cmhash.service.search_service import Request as SearchRequest
 
 # The page loads nothing from elsewhere; the browser is told so, too.
 CONTENT_SECURITY_POLICY = ("default-src 'self'; img-src 'self' blob:; style-src 'self' 'unsafe-inline'; "
                            "script-src 'self' 'unsafe-inline'; connect-src 'self'")
+# Connections (and requests in progress) uvicorn serves at once; beyond, a JSON 503 with Retry-After.
+MAX_CONNECTIONS = 100
 
 
 class ErrorBody(BaseModel):
@@ -83,11 +90,13 @@ def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
     meaning = {400: "The request cannot be served as it is (the message says why)", 404: "No such index, item or route",
                405: "Method not allowed on this route", 409: "The index was built with another encoder",
                413: "The image or the text is too large", 415: "The body is not an image",
-               422: "A parameter is missing or invalid", 500: "An internal error", 503: "The index is damaged; rebuild it"}
+               422: "A parameter is missing or invalid", 500: "An internal error",
+               503: "The index or the catalog is damaged (rebuild it), or, with a Retry-After header, being rebuilt or the "
+                    "server is busy: retry then"}
     return {status: {"model": ErrorBody, "description": meaning[status]} for status in statuses}
 
 
-_COMMON = (404, 405, 422, 500)
+_COMMON = (404, 405, 422, 500, 503)
 _SEARCH = (400, 404, 405, 409, 413, 415, 422, 500, 503)
 _IMAGE_BODY = {"requestBody": {"required": True, "description": f"the image file, at most {MAX_UPLOAD_BYTES:,} bytes",
                                "content": {media: {"schema": {"type": "string", "format": "binary", "minLength": 1,
@@ -103,10 +112,14 @@ def create_app(service: SearchService) -> FastAPI:
     app = FastAPI(title="cmhash search", docs_url=None, redoc_url=None, openapi_url="/api/openapi.json")
     page = resources.files("cmhash.service").joinpath("page.html").read_text(encoding="utf-8")
     batcher = Batcher(service)
+    memory = ImageMemory(image_memory_limit(service.max_pixels))
+    # uploads are decoded in one thread: each thread's malloc arena keeps what it once held
+    decoder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cmhash-image-decode")
 
     @app.exception_handler(SearchError)
     async def search_error(request: Request, error: SearchError):
-        return _error(str(error), error.status)
+        retry_after = getattr(error, "retry_after", None)
+        return _error(str(error), error.status, {"Retry-After": str(retry_after)} if retry_after is not None else None)
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, error: RequestValidationError):
@@ -154,24 +167,33 @@ def create_app(service: SearchService) -> FastAPI:
         declared = request.headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > MAX_UPLOAD_BYTES:
             raise SearchError(f"the upload is {int(declared):,} bytes; images up to {MAX_UPLOAD_BYTES:,} bytes are accepted.", 413)
-        body = bytearray()
-        async for chunk in request.stream():  # stop reading past the limit, whatever the header said
-            body += chunk
-            if len(body) > MAX_UPLOAD_BYTES:
-                raise SearchError(f"the upload is larger than {MAX_UPLOAD_BYTES:,} bytes, the limit for images.", 413)
-        if not body:
-            raise SearchError("the request has no image: send the image file as the body of the POST.")
-        return await batcher.search(SearchRequest(method, bits, k, text=text, image=bytes(body)))
+        body, held = bytearray(), 0
+        try:
+            async for chunk in request.stream():  # stop reading past the limit, whatever the header said
+                memory.reserve(len(chunk))
+                held += len(chunk)
+                body += chunk
+                if len(body) > MAX_UPLOAD_BYTES:
+                    raise SearchError(f"the upload is larger than {MAX_UPLOAD_BYTES:,} bytes, the limit for images.", 413)
+            if not body:
+                raise SearchError("the request has no image: send the image file as the body of the POST.")
+            # decoded into the model's input now, not in the batch: only that small input waits
+            picture = await asyncio.get_running_loop().run_in_executor(decoder, service.prepare_image, body, "the upload", memory)
+        finally:
+            memory.release(held)
+            del body
+        with memory.holding(picture.nbytes):
+            return await batcher.search(SearchRequest(method, bits, k, text=text, picture=picture), picture.nbytes)
 
     @app.get("/api/items/{item}", response_model=Item, responses=_errors(*_COMMON))
     async def item(item: int = PathParameter(..., ge=0)):
         return service.item(item)
 
-    @app.get("/api/items/{item}/image", response_class=FileResponse, responses={
+    @app.get("/api/items/{item}/image", response_class=Response, responses={
         200: {"content": {"image/jpeg": {"schema": {"type": "string", "format": "binary"}}}, "description": "The thumbnail"},
         **_errors(*_COMMON)})
     async def item_image(item: int = PathParameter(..., ge=0)):
-        return FileResponse(service.thumbnail(item), media_type="image/jpeg")
+        return Response(service.thumbnail(item), media_type="image/jpeg")
 
     return app
 
@@ -180,4 +202,16 @@ def serve(service: SearchService, host: str = "127.0.0.1", port: int = 8000) -> 
     import uvicorn
 
     print(f"cmhash search on http://{host}:{port}/ ({len(service.available())} indexes); Ctrl+C stops it")
-    uvicorn.run(create_app(service), host=host, port=port, log_level="warning")
+    uvicorn.Server(server_config(create_app(service), host, port)).run()
+
+
+def server_config(app, host: str, port: int, limit_concurrency: int = MAX_CONNECTIONS):
+    """uvicorn's settings for the app: its h11 protocol with JSON errors (:mod:`cmhash.service.protocol`,
+    chosen explicitly: with httptools installed, "auto" would pick another), at most
+    ``limit_concurrency`` connections or requests in progress at once."""
+    import uvicorn
+
+    from cmhash.service.protocol import JsonErrorsH11Protocol
+
+    return uvicorn.Config(app, host=host, port=port, log_level="warning", http=JsonErrorsH11Protocol,
+                          limit_concurrency=limit_concurrency)
