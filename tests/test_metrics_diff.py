@@ -135,3 +135,106 @@ def test_the_columns_are_the_cells_evaluate_map_ks_computes():
     assert _read_scores(b'{"i2t": {"map_all": 0.5, "map_1000": 0.4}}', columns) == (None, {"i2t": {"map_all": 0.5, "map_1000": 0.4}})
     problem, _ = _read_scores(b'{"i2t": {"map_all": 0.5, "map_50": 0.4}}', columns)  # a cell map_ks asks for and the file lacks
     assert problem == "'i2t' holds no map_1000 (evaluate.map_ks asks for it)"
+
+
+def _commit_params(root, params: dict, message: str) -> None:
+    (root / "params.yaml").write_text(params if isinstance(params, str) else yaml.safe_dump(params))
+    run_command(["git", "add", "params.yaml", "metrics"], root)
+    run_command(["git", "commit", "-qm", message], root)
+
+
+def test_a_key_left_out_and_the_same_key_set_to_its_default_are_the_same_setting(versions, capsys):
+    """HEAD's params.yaml leaves out dataset.seed, dataset.split, dataset.builtin.image_size and
+    evaluate.top_r; the next commit sets each to its default (as the project's params.yaml does).
+    The stages ran with the same settings, so the versions are comparable and the drop is flagged."""
+    from cmhash.pipeline.params import validate_params
+
+    defaults = validate_params({"dataset": {"name": "builtin"}}, sections=("dataset", "evaluate"))
+    params = yaml.safe_load((versions / "params.yaml").read_text())
+    params["dataset"].update(seed=defaults["dataset"]["seed"], split=defaults["dataset"]["split"])
+    params["dataset"]["builtin"]["image_size"] = defaults["dataset"]["builtin"]["image_size"]
+    params["dataset"]["coco"] = defaults["dataset"]["coco"]  # another source's options: not compared either way
+    params["evaluate"]["top_r"] = defaults["evaluate"]["top_r"]
+    _commit_params(versions, params, "v2: the defaults written out")  # with the workspace's lower scores
+
+    for old, new in (("HEAD~1", "HEAD"), ("HEAD~1", "workspace")):
+        assert main(["diff", "--root", str(versions), old, new]) == 0
+        out = capsys.readouterr().out
+        assert "not comparable" not in out
+        lines = {tuple(line.split()[:3]): line for line in out.splitlines()[3:]}
+        assert lines["djsrh", "16", "I→T"].endswith("<<") and not lines["clipmh", "16", "pair→pair"].endswith("<<")
+
+    from cmhash.pipeline.metrics_diff import metrics_at, settings_differences
+
+    assert settings_differences(metrics_at(versions, "HEAD~1").settings, metrics_at(versions, "HEAD").settings) == []
+    params["dataset"]["seed"] = 1  # a setting that does differ still does
+    _commit_params(versions, params, "v3: another seed")
+    assert main(["diff", "--root", str(versions), "HEAD~2", "HEAD"]) == 0
+    out = capsys.readouterr().out
+    assert "not comparable: the two versions differ in data or evaluation settings (dataset.seed 0 -> 1)" in out
+    assert "<<" not in out
+
+
+@pytest.mark.parametrize("old_params, why", [
+    ({"dataset": {"name": "builtin", "builtin": {"size": 6000}}, "evaluate": {"map_k": [50]}},
+     "params.yaml at HEAD: unknown key evaluate.map_k; did you mean evaluate.map_ks?"),
+    ({"dataset": {"name": "builtin", "sample_size": 6000}},
+     "params.yaml at HEAD: unknown key dataset.sample_size"),
+    ({"dataset": {"builtin": {"size": 6000}}}, "params.yaml at HEAD: dataset.name is missing"),
+    ("dataset: {name: builtin}\nevaluate: {map_ks: [50]}\nstarted: 2024-01-01\n",
+     "params.yaml at HEAD line 3, key started: '2024-01-01' reads as a date"),
+    ("dataset: [unclosed\n", "params.yaml at HEAD line 2: not valid YAML"),
+    ("- a list\n", "params.yaml at HEAD: not a mapping of stage names to settings"),
+    (None, "params.yaml at HEAD: missing"),
+])
+def test_a_version_whose_params_do_not_pass_todays_schema_is_comparable_with_none(versions, capsys, old_params, why):
+    """An old commit written for another schema (or with no readable params.yaml): which of its keys
+    mean what today is a guess, so its settings are unknown; the table still shows the numbers, the
+    header says why, and nothing is a regression. One line, no traceback."""
+    if old_params is None:
+        run_command(["git", "rm", "-q", "params.yaml"], versions)
+        run_command(["git", "commit", "-qm", "no params.yaml"], versions)
+        (versions / "params.yaml").write_text(yaml.safe_dump({"dataset": {"name": "builtin", "builtin": {"size": 6000}},
+                                                              "train": {"methods": ["djsrh", "clipmh"], "bits": [16]},
+                                                              "evaluate": {"map_ks": [50]}}))
+    else:
+        current = (versions / "params.yaml").read_text()
+        metrics = {path: path.read_text() for path in (versions / "metrics").glob("*.json")}
+        run_command(["git", "checkout", "-q", "HEAD", "--", "metrics"], versions)  # the old scores, with the old params
+        _commit_params(versions, old_params, "a version with another schema")
+        (versions / "params.yaml").write_text(current)
+        for path, text in metrics.items():
+            path.write_text(text)
+    assert main(["diff", "--root", str(versions)]) == 0
+    captured = capsys.readouterr()
+    assert "Traceback" not in captured.out + captured.err and captured.err == ""
+    header = captured.out.splitlines()[1]
+    assert header.startswith("not comparable: the data and evaluation settings of a version are unknown (")
+    assert why in header and header.endswith("), so no change is a regression")
+    assert "<<" not in captured.out and "0.650" in captured.out  # the numbers are still shown
+
+    from cmhash.pipeline.metrics_diff import diff_metrics, metrics_at, settings_differences
+
+    old, new = metrics_at(versions, "HEAD"), metrics_at(versions, "workspace")
+    assert old.unchecked.startswith(why) and not new.unchecked
+    assert settings_differences(old.settings, new.settings) != []  # the flow's baseline search skips it
+    diff = diff_metrics(old, new, 0.01)
+    assert diff.not_comparable and regressions(diff) == []
+
+
+def test_a_section_the_comparison_does_not_read_cannot_make_a_version_unknown(versions, capsys):
+    """An old commit with settings today's schema lacks outside the data and evaluation (a method since
+    renamed, a train key since removed): its data and evaluation settings pass, so it is compared."""
+    params = yaml.safe_load((versions / "params.yaml").read_text())
+    params["train"]["old_knob"] = 1
+    params["methods"] = {"old_method": {"epochs": 3}}
+    metrics = {path: path.read_text() for path in (versions / "metrics").glob("*.json")}
+    run_command(["git", "checkout", "-q", "HEAD", "--", "metrics"], versions)
+    _commit_params(versions, params, "train with a key since removed")
+    del params["train"]["old_knob"], params["methods"]
+    (versions / "params.yaml").write_text(yaml.safe_dump(params))
+    for path, text in metrics.items():
+        path.write_text(text)
+    assert main(["diff", "--root", str(versions)]) == 0
+    out = capsys.readouterr().out
+    assert "not comparable" not in out and "<<" in out

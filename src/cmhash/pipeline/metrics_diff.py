@@ -15,6 +15,12 @@ the workspace.
   ``dataset`` key that applies to the dataset in use, every ``evaluate`` key but the device): a
   600-item smoke run is not a regression of the 6,000-item results. For versions that are not, the
   table still shows the numbers, names the differing keys, and marks no regression.
+- The settings compared are a version's ``params.yaml`` as the stages read it: checked against the
+  schema and completed with its defaults, so a key left out and the same key set to its default
+  are the same setting. A version whose ``params.yaml`` does not pass the schema (an old commit
+  written for another schema, a file that is missing or not YAML) has unknown settings: it is
+  comparable with no version, and the header says why (rather than guessing which of its keys
+  mean what today).
 - The columns are mAP@all and mAP@k for every k of the version's ``evaluate.map_ks`` (the cells the
   evaluation computes): a metrics file that lacks one of them is unreadable.
 """
@@ -41,11 +47,15 @@ Cell = tuple[str, int, str]  # method, bits, direction
 def metric_columns(map_ks: Any) -> dict[str, str]:
     """{key in the metrics files: title} of mAP@all and mAP@k for each k of ``evaluate.map_ks``
     (the schema's default list when a version's params.yaml does not set a usable one)."""
-    if not (isinstance(map_ks, list) and all(type(k) is int and k > 0 for k in map_ks)):
+    if not _usable_map_ks(map_ks):
         from cmhash.metrics.report import DEFAULT_MAP_KS
 
         map_ks = list(DEFAULT_MAP_KS)
     return {"map_all": "mAP@all", **{f"map_{k}": f"mAP@{k}" for k in map_ks}}
+
+
+def _usable_map_ks(map_ks: Any) -> bool:
+    return isinstance(map_ks, list) and all(type(k) is int and k > 0 for k in map_ks)
 
 
 def check_threshold(value: Any, name: str = "regression_threshold") -> float:
@@ -111,17 +121,41 @@ def _metrics_files_at(root: Path, version: Version) -> list[str]:
     return sorted(path for path in listed if path.endswith(".json"))
 
 
-def params_at(root: str | Path, version: Version) -> dict[str, Any]:
-    """The raw ``params.yaml`` of ``version`` (empty when it has none or it is unreadable: an old
-    version need not satisfy today's schema)."""
+def params_at(root: str | Path, version: Version) -> tuple[dict[str, Any], str]:
+    """(the raw ``params.yaml`` of ``version``, ``""``), or (``{}``, why it cannot be read: it is
+    missing, not UTF-8 or not YAML). An old version need not satisfy today's schema: see
+    :func:`checked_sections`."""
     from cmhash.pipeline.params_file import read_yaml_text
 
     data = read_at(root, version, "params.yaml")
+    if data is None:
+        return {}, f"params.yaml at {version.name}: missing"
     try:
-        params = read_yaml_text(data.decode("utf-8"), f"params.yaml at {version.name}") if data else {}
-    except (CmhashError, UnicodeDecodeError):
-        return {}
-    return params if isinstance(params, dict) else {}
+        params = read_yaml_text(data.decode("utf-8"), f"params.yaml at {version.name}")
+    except UnicodeDecodeError:
+        return {}, f"params.yaml at {version.name}: not UTF-8"
+    except CmhashError as err:
+        return {}, str(err)
+    if not isinstance(params, dict):
+        return {}, f"params.yaml at {version.name}: not a mapping of stage names to settings"
+    return params, ""
+
+
+def checked_sections(raw: dict[str, Any], name: str, sections: tuple[str, ...]) -> tuple[dict[str, Any], str]:
+    """(``{section: settings}`` of ``raw`` checked against the schema and completed with its
+    defaults, ``""``), or (``{}``, the schema's one-line complaint). Each section is checked on its
+    own, so that a section the comparison does not read (an old version's ``methods``) cannot make
+    one it reads unknown."""
+    from cmhash.pipeline.params import validate_params
+
+    checked = {}
+    for section in sections:
+        try:
+            checked[section] = validate_params({section: raw[section]} if section in raw else {}, f"params.yaml at {name}",
+                                               (section,))[section]
+        except CmhashError as err:
+            return {}, str(err)
+    return checked, ""
 
 
 def comparison_settings(params: dict[str, Any]) -> dict[str, Any]:
@@ -163,18 +197,32 @@ class VersionMetrics:
     unreadable: dict[tuple[str, int], str] = field(default_factory=dict)
     settings: dict[str, Any] = field(default_factory=dict)
     columns: dict[str, str] = field(default_factory=lambda: metric_columns(None))
+    unchecked: str = ""  # why the settings are unknown (params.yaml missing or not passing the schema); "": known
 
 
 def metrics_at(root: str | Path, name: str) -> VersionMetrics:
     """The metrics of version ``name`` (see the module docstring)."""
     root = Path(root)
     version = resolve_version(root, name)
-    params = params_at(root, version)
-    evaluate = params.get("evaluate") if isinstance(params.get("evaluate"), dict) else {}
-    result = VersionMetrics(name, settings=comparison_settings(params), columns=metric_columns(evaluate.get("map_ks")))
+    raw, unchecked = params_at(root, version)  # unchecked: why its params.yaml cannot be read
+    compared: dict[str, Any] = {}
+    if not unchecked:
+        compared, unchecked = checked_sections(raw, name, ("dataset", "evaluate"))
+    if unchecked:  # unknown settings, comparable with no version
+        evaluate = raw.get("evaluate") if isinstance(raw.get("evaluate"), dict) else {}
+        # The mAP@k it computed as far as its file says; else only mAP@all, which every evaluation
+        # computes (today's default map_ks would be a guess, and a file without them "unreadable").
+        map_ks = evaluate.get("map_ks")
+        columns = metric_columns(map_ks) if _usable_map_ks(map_ks) else {"map_all": "mAP@all"}
+        result = VersionMetrics(name, columns=columns, unchecked=unchecked)
+    else:
+        result = VersionMetrics(name, settings=comparison_settings(compared),
+                                columns=metric_columns(compared["evaluate"]["map_ks"]))
     present = _metrics_files_at(root, version)
     files = {(match["method"], int(match["bits"])): path for path in present if (match := _METRICS_FILE.match(path))}
-    train = params.get("train") if isinstance(params.get("train"), dict) else {}
+    # The cells its train stages fit: dvc.yaml's matrix reads train.methods x train.bits from the raw
+    # file (no schema defaults), so the raw file is what ran.
+    train = raw.get("train") if isinstance(raw.get("train"), dict) else {}
     declared = [(method, bits) for method in train.get("methods") or [] for bits in train.get("bits") or []
                 if isinstance(method, str) and isinstance(bits, int)] if present else []
     for method, bits in sorted(set(files) | set(declared)):
@@ -242,8 +290,9 @@ class Diff:
     new_name: str
     threshold: float
     rows: list[DiffRow]
-    not_comparable: list[str]   # the differing data and evaluation settings; empty: comparable
+    not_comparable: list[str]   # the differing data and evaluation settings, or why they are unknown; empty: comparable
     columns: dict[str, str] = field(default_factory=dict)  # {key: title}: mAP@all and the mAP@k of either version
+    unchecked: list[str] = field(default_factory=list)     # why a version's settings are unknown
 
     @property
     def unreadable(self) -> list[str]:
@@ -255,7 +304,8 @@ def diff_metrics(old: VersionMetrics, new: VersionMetrics, threshold: float) -> 
     unreadable file; a column regressed when it dropped by more than ``threshold`` and the two
     versions are comparable."""
     threshold = check_threshold(threshold)
-    differences = settings_differences(old.settings, new.settings)
+    unchecked = [version.unchecked for version in (old, new) if version.unchecked]
+    differences = unchecked or settings_differences(old.settings, new.settings)
     columns = {**new.columns, **old.columns}
     rows = []
     for cell in sorted(set(old.cells) | set(new.cells)):
@@ -266,7 +316,7 @@ def diff_metrics(old: VersionMetrics, new: VersionMetrics, threshold: float) -> 
     for version in (old, new):
         for (method, bits), why in sorted(version.unreadable.items()):
             rows.append(DiffRow(method, bits, "", unreadable=why))
-    return Diff(old.name, new.name, threshold, rows, differences, columns)
+    return Diff(old.name, new.name, threshold, rows, differences, columns, unchecked)
 
 
 def regressions(diff: Diff) -> list[str]:
@@ -303,7 +353,10 @@ def _cell_text(header: str, value: Any) -> str:
 def header_lines(diff: Diff) -> list[str]:
     """What the table compares, and why no cell counts as a regression when the versions differ."""
     lines = [f"metrics: {diff.old_name} (old) -> {diff.new_name} (new); regression: a drop of more than {diff.threshold:g}"]
-    if diff.not_comparable:
+    if diff.unchecked:
+        lines.append(f"not comparable: the data and evaluation settings of a version are unknown ({'; '.join(diff.unchecked)}), "
+                     "so no change is a regression")
+    elif diff.not_comparable:
         lines.append(f"not comparable: the two versions differ in data or evaluation settings ({'; '.join(diff.not_comparable)}), "
                      "so no change is a regression")
     return lines
