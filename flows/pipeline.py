@@ -36,6 +36,7 @@ from typing import Any, Literal
 from prefect import flow, runtime
 from prefect.artifacts import create_table_artifact
 from prefect.futures import wait
+from prefect.states import Failed, State
 
 from cmhash.errors import CmhashError, quote
 from cmhash.orchestration.dvc_state import out_of_date, read_pipeline
@@ -44,6 +45,7 @@ from cmhash.orchestration.stage_process import end_running_stages
 from cmhash.orchestration.tasks import run_stage, stage_task_runner
 from cmhash.orchestration.workspace import check_clone, exclusive_workspace, params_for_run, recover_params, remove_leftover_temporaries
 from cmhash.pipeline.metrics_diff import check_threshold, diff_metrics, header_lines, metrics_at, regressions, render_diff, settings_differences, table_records
+from cmhash.pipeline.params_file import parse_overrides
 
 OUTCOME_COLUMNS = ("stage", "outcome", "started", "finished", "seconds", "gpu")
 
@@ -56,10 +58,11 @@ def _publish_outcomes(rows: list[dict[str, Any]]) -> None:
 
 
 @flow(name="dvc-stages", log_prints=True)
-def run_dvc_stages(root: str, to_run: list[str], out_of_date: list[str]) -> list[dict[str, Any]]:
+def run_dvc_stages(root: str, to_run: list[str], out_of_date: list[str]) -> list[dict[str, Any]] | State:
     """The stages named in ``to_run`` (those ``dvc status`` found ``out_of_date`` and their downstream
     stages; the others are recorded as skipped), each as soon as its upstream stages completed; a
-    failed stage's dependents do not run, independent branches finish, and then this flow fails."""
+    failed stage's dependents do not run, independent branches finish, and then this flow fails with
+    their messages (a Failed state, not an exception: the stage tasks logged their own errors)."""
     futures, outcomes, failures, not_run = {}, [], [], []
     stages = read_pipeline(root)  # read again here, not passed: a flow's parameters are stored by the API
     for stage in stages:
@@ -85,7 +88,7 @@ def run_dvc_stages(root: str, to_run: list[str], out_of_date: list[str]) -> list
             outcomes.append({"stage": stage.name, "outcome": "not run (upstream failed)"})
     _publish_outcomes(outcomes)
     if failures:
-        raise CmhashError("\n".join(failures) + (f"\nnot run, as they depend on a failed stage: {', '.join(not_run)}" if not_run else ""))
+        return Failed(message="\n".join(failures) + (f"\nnot run, as they depend on a failed stage: {', '.join(not_run)}" if not_run else ""))
     return outcomes
 
 
@@ -133,7 +136,7 @@ def pipeline(
     task_runner: Literal["threads", "dask"] = "threads",
     dask_address: str | None = None,
     workspace_timeout: float = 600,
-) -> dict[str, Any]:
+) -> dict[str, Any] | State:
     """Reproduce the DVC pipeline of the clone the run starts in and save it as an experiment.
 
     Args:
@@ -148,6 +151,20 @@ def pipeline(
         dask_address: the scheduler of an existing Dask cluster whose workers share this workspace.
         workspace_timeout: seconds to wait for another run or `dvc repro` in this workspace before refusing.
     """
+    try:
+        return _reproduce_and_compare(overrides, max_parallel, baseline, regression_threshold, push, task_runner,
+                                      dask_address, workspace_timeout)
+    except CmhashError as refusal:
+        # An expected refusal (a busy workspace, an edited params.yaml, a bad override, a failed stage, a regression):
+        # the run ends Failed with its message alone. Raised, Prefect would log it with a traceback that says nothing
+        # more and buries the message. Unexpected errors keep their traceback.
+        return Failed(message=str(refusal))
+
+
+def _reproduce_and_compare(overrides: dict[str, Any] | None, max_parallel: int, baseline: str | None,
+                           regression_threshold: float, push: bool, task_runner: str, dask_address: str | None,
+                           workspace_timeout: float) -> dict[str, Any]:
+    """The run of :func:`pipeline`, whose docstring says what each argument means."""
     if isinstance(max_parallel, bool) or not isinstance(max_parallel, int) or not 1 <= max_parallel <= 1024:
         raise CmhashError(f"max_parallel is {quote(max_parallel)}; expected a whole number from 1 to 1024.")
     regression_threshold = check_threshold(regression_threshold)
@@ -168,7 +185,10 @@ def pipeline(
             to_run = _with_downstream(stages, stale)
             print(f"dvc status: {len(stale)} of {len(stages)} stages out of date, {len(to_run) - len(stale)} downstream of them")
             if to_run:
-                outcomes = run_dvc_stages.with_options(task_runner=runner)(str(root), sorted(to_run), sorted(stale))
+                state = run_dvc_stages.with_options(task_runner=runner)(str(root), sorted(to_run), sorted(stale), return_state=True)
+                if not state.is_completed():
+                    raise CmhashError(state.message or "the stages did not complete")
+                outcomes = state.result()
             else:
                 outcomes = [{"stage": stage.name, "outcome": "skipped"} for stage in stages]
                 _publish_outcomes(outcomes)
@@ -216,6 +236,7 @@ def main(argv: list[str] | None = None) -> int:
         overrides[key] = value
     try:
         check_threshold(args.regression_threshold, "--regression-threshold")
+        parse_overrides(overrides)  # a bad -S is refused here, before a server starts; the flow checks them again
     except CmhashError as err:
         parser.error(str(err))
     from cmhash.orchestration.prefect_server import api_for_this_process

@@ -196,6 +196,7 @@ def test_an_override_that_reads_a_secret_is_refused_and_nothing_is_saved(deploym
     assert run["state"]["type"] == "FAILED"
     assert "override dataset.root: interpolations such as ${...}" in run["state"]["message"]
     assert secret not in run["state"]["message"] + run["worker_output"]
+    assert "Traceback" not in run["worker_output"], run["worker_output"][-4000:]  # a refusal is its message alone
     refs = run_command(["git", "for-each-ref", "--format=%(refname)", "refs/exps"], deployment.workspace).stdout.split()
     assert run["name"] not in " ".join(refs)
     for ref in refs:  # no experiment, nor any file of the workspace, holds the secret
@@ -302,6 +303,27 @@ def _experiment_saved(result: subprocess.CompletedProcess) -> str:
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-4000:]
     return re.search(r"saved as experiment (\S+)", output)[1]
+
+
+def test_an_expected_refusal_is_one_line_without_a_traceback(prefect_server, tmp_path):
+    """A bad override and a busy workspace end the run Failed with their message and no traceback
+    (Prefect logs a raised exception with one); nothing ran and params.yaml is as it was."""
+    import fcntl
+
+    project = _flow_project(tmp_path / "project")
+    original = (project / "params.yaml").read_bytes()
+    refused = _run_flow(project, prefect_server, "-S", "train.sede=3")
+    output = refused.stdout + refused.stderr
+    assert refused.returncode == 1 and "Traceback" not in output, output[-4000:]
+    assert "cmhash-pipeline: " in output and "train.sede" in output and "train.seed" in output  # the closest valid key
+    lock_path = project / ".dvc" / "tmp" / "cmhash-flow.lock"
+    with open(lock_path, "a") as held:  # another run holds the workspace
+        fcntl.flock(held, fcntl.LOCK_EX)
+        refused = _run_flow(project, prefect_server, "--workspace-timeout", "0")
+    output = refused.stdout + refused.stderr
+    assert refused.returncode == 1 and "Traceback" not in output, output[-4000:]
+    assert "is busy, so this run stopped before running anything" in output
+    assert (project / "params.yaml").read_bytes() == original and not (project / "data").exists()
 
 
 @pytest.mark.slow
@@ -417,7 +439,8 @@ def test_a_failed_stage_stops_its_dependents_and_independent_stages_finish(prefe
     outcomes = {row["stage"]: row["outcome"] for row in _latest_artifact(prefect_server, "stage-outcomes")}
     assert outcomes["validate"] == "failed" and outcomes["inventory"] == "ran" and outcomes["prepare"] == "skipped"
     downstream = [stage for stage in outcomes if stage.split("@")[0] in ("encode", "train", "evaluate", "index", "items", "report")]
-    assert len(downstream) == 9 and all(outcomes[stage] == "not run (upstream failed)" for stage in downstream)
+    assert sorted(downstream) == ["encode", "evaluate", "index", "items", "report", "train@itq-16", "train@lsh-16"]
+    assert all(outcomes[stage] == "not run (upstream failed)" for stage in downstream)
     assert not (project / "data" / "features").exists()
 
 

@@ -27,7 +27,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from cmhash.errors import CmhashError, quote
+from cmhash.errors import CmhashError
 
 
 def _git(root: Path, *args: str) -> subprocess.CompletedProcess:
