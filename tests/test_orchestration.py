@@ -372,13 +372,13 @@ def test_the_dask_task_runner_runs_the_pipeline(prefect_server, tmp_path):
 
 @pytest.mark.slow
 def test_a_flow_started_during_dvc_repro_waits_or_refuses_and_harms_nothing(prefect_server, tmp_path):
-    from cmhash.orchestration.workspace import active_dvc_processes
+    from cmhash.orchestration.workspace import active_processes
 
     project = _flow_project(tmp_path / "project")
     repro = subprocess.Popen(["dvc", "repro"], cwd=project, env={**COMMAND_ENV, "HF_HUB_OFFLINE": "1"},
                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.monotonic() + 60
-    while not active_dvc_processes(project):
+    while not active_processes(project):
         assert repro.poll() is None and time.monotonic() < deadline, "dvc repro did not start"
         time.sleep(0.2)
     refused = _run_flow(project, prefect_server, "--workspace-timeout", "3")

@@ -17,7 +17,7 @@ from cmhash.orchestration.experiments import name_for_run
 from cmhash.orchestration.stage_process import stage_error
 from cmhash.orchestration.workspace import (
     RECORDS,
-    active_dvc_processes,
+    active_processes,
     check_clone,
     exclusive_workspace,
     params_for_run,
@@ -158,14 +158,62 @@ def test_dvc_processes_holding_files_are_found(project):
         (project / ".dvc" / "tmp").mkdir(parents=True, exist_ok=True)
         (project / ".dvc" / "tmp" / "rwlock").write_text(json.dumps(  # what DVC writes while a stage runs
             {"write": {"data/prepared/builtin.h5": {"pid": holder.pid, "cmd": "dvc repro"}}, "read": {}}))
-        assert active_dvc_processes(project) == [f"PID {holder.pid}: dvc repro"]
+        assert active_processes(project) == [f"PID {holder.pid}: dvc repro"]
         with pytest.raises(CmhashError, match=f"PID {holder.pid}: dvc repro. Waited 0 s"):
             with exclusive_workspace(project, timeout=0.2, poll_seconds=0.1):
                 pass
     finally:
         holder.kill()
         holder.wait()
-    assert active_dvc_processes(project) == []  # a dead holder is no holder
+    assert active_processes(project) == []  # a dead holder is no holder
+
+
+def test_a_cmhash_command_run_by_hand_is_seen_by_the_flow_and_refuses_beside_it(project):
+    """`cmhash prepare` run by hand in the clone: the flow waits for it and names it (so it never
+    removes its temporary files as a killed stage's), and while a flow run holds the clone, the same
+    command run by hand refuses at once, while the run's own stages go ahead."""
+    import os
+    import signal
+
+    from cmhash.pipeline.workspace_users import COMMANDS
+
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["dataset"]["builtin"]["size"] = 3000  # seconds of work, so that it is caught while it runs
+    (project / "params.yaml").write_text(yaml.safe_dump(params))
+    by_hand = subprocess.Popen(["cmhash", "prepare"], cwd=project, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while not list((project / COMMANDS).glob("*.json")):
+            assert by_hand.poll() is None and time.monotonic() < deadline, "cmhash prepare never announced itself"
+            time.sleep(0.01)
+        by_hand.send_signal(signal.SIGSTOP)  # held still, so that the checks below see it running
+        assert active_processes(project) == [f"PID {by_hand.pid}: cmhash prepare"]
+        with pytest.raises(CmhashError, match=f"PID {by_hand.pid}: cmhash prepare. Waited 0 s"):
+            with exclusive_workspace(project, timeout=0.2, poll_seconds=0.1):
+                pass
+    finally:
+        by_hand.send_signal(signal.SIGCONT)
+    assert by_hand.wait(120) == 0
+    assert active_processes(project) == [] and not list((project / COMMANDS).glob("*"))
+
+    with exclusive_workspace(project, timeout=1):
+        refused = subprocess.run(["cmhash", "prepare"], cwd=project, capture_output=True, text=True)
+        assert refused.returncode == 1 and refused.stderr.count("\n") == 1, refused.stderr
+        assert "a scheduled flow run uses" in refused.stderr and "run it when the flow run has ended" in refused.stderr
+        from cmhash.orchestration.stage_process import stage_environment
+
+        own_stage = subprocess.run(["cmhash", "check-params"], cwd=project, env=stage_environment(), capture_output=True, text=True)
+        assert own_stage.returncode == 0, own_stage.stderr
+
+    killed = subprocess.Popen(["cmhash", "prepare"], cwd=project, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while not list((project / COMMANDS).glob("*.json")):
+        assert killed.poll() is None and time.monotonic() < deadline, "cmhash prepare never announced itself"
+        time.sleep(0.01)
+    os.kill(killed.pid, signal.SIGKILL)
+    killed.wait()
+    assert active_processes(project) == []  # a killed command is no user: its file is removed, nothing stays stale
+    assert not list((project / COMMANDS).glob("*.json"))
 
 
 def test_clone_checks_say_what_to_do(tmp_path, project, monkeypatch):
@@ -204,6 +252,31 @@ def test_gpu_leases_never_share_a_device():
     assert held and held[0] in ("0", "1") and waited[0] >= 0.4
     with gpu_lease([]) as none:
         assert none is None  # no GPU: no waiting
+
+
+def test_the_gpu_lease_folder_is_private_and_never_another_users(tmp_path, monkeypatch):
+    import os
+    import stat
+
+    from cmhash.orchestration.devices import lock_folder
+
+    monkeypatch.setattr("tempfile.tempdir", str(tmp_path))
+    folder = tmp_path / f"cmhash-gpu-locks-{os.getuid()}"
+    assert lock_folder() == folder and stat.S_IMODE(folder.stat().st_mode) == 0o700
+    folder.chmod(0o755)  # made by an older cmhash: this user's own, so it is made private
+    assert lock_folder() == folder and stat.S_IMODE(folder.stat().st_mode) == 0o700
+    folder.rmdir()
+    (tmp_path / "elsewhere").mkdir()
+    folder.symlink_to(tmp_path / "elsewhere")  # another user's trap: a link to a folder they hold
+    with pytest.raises(CmhashError, match="must be a private folder of this user's own .* not a folder"):
+        lock_folder()
+    folder.unlink()
+    folder.mkdir(mode=0o700)
+    if os.getuid() == 0:  # only root can give a folder away; elsewhere the owner check is the same line
+        os.chown(folder, 65534, 65534)
+        with pytest.raises(CmhashError, match="it is a folder of uid 65534; remove it"):
+            with gpu_lease(["0"]):
+                pass
 
 
 def test_the_stage_error_is_the_commands_own_message():

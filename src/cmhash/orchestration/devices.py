@@ -2,8 +2,8 @@
 
 The visible GPUs are those of ``CUDA_VISIBLE_DEVICES`` when it is set (so a worker can be given a
 subset), else those ``nvidia-smi`` lists. A stage leases one by taking an exclusive ``flock`` on the
-device's lock file in this machine's temporary folder, and its process sees only that device
-(``CUDA_VISIBLE_DEVICES=<id>``). The locks are per machine and per open file, so they hold between
+device's lock file in this user's private folder in the temporary folder (:func:`lock_folder`), and
+its process sees only that device (``CUDA_VISIBLE_DEVICES=<id>``). The locks are per machine and per open file, so they hold between
 the threads of one flow run, between Dask workers on one machine, and between two flow runs; the
 kernel drops them when a process dies, so none is ever left stale.
 """
@@ -13,12 +13,15 @@ from __future__ import annotations
 import fcntl
 import os
 import shutil
+import stat
 import subprocess
 import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+from cmhash.errors import CmhashError
 
 
 def visible_gpus() -> list[str]:
@@ -33,8 +36,24 @@ def visible_gpus() -> list[str]:
 
 
 def lock_folder() -> Path:
+    """This user's folder of lease files in the temporary folder, private (mode 0700). Its name is
+    predictable, so another user could make it first, then hold every lease or read them: a path of
+    that name that is not a folder of this user's own (a link, a file, another owner's folder) is
+    refused, never used; a folder of this user's own that others may open (made by an older
+    cmhash) is made private."""
     folder = Path(tempfile.gettempdir()) / f"cmhash-gpu-locks-{os.getuid()}"
-    folder.mkdir(exist_ok=True)
+    try:
+        folder.mkdir(mode=0o700)
+    except FileExistsError:
+        pass
+    found = os.lstat(folder)
+    if not stat.S_ISDIR(found.st_mode) or found.st_uid != os.getuid():
+        what = "a folder" if stat.S_ISDIR(found.st_mode) else "not a folder"
+        raise CmhashError(f"{folder}: the GPU lease folder must be a private folder of this user's own (uid "
+                          f"{os.getuid()}), but it is {what} of uid {found.st_uid}; remove it (or set TMPDIR to a "
+                          "private folder) and start again.")
+    if found.st_mode & 0o077:
+        os.chmod(folder, 0o700)
     return folder
 
 

@@ -30,6 +30,7 @@ from pathlib import Path
 
 from cmhash.orchestration import lifeline
 from cmhash.orchestration.dvc_state import PathHolder, PipelineStage, blockers, dvc_command, lock_entries, restorable
+from cmhash.pipeline.workspace_users import FLOW_RUN_VARIABLE
 
 OUTCOMES = ("ran", "skipped", "restored")
 
@@ -60,8 +61,10 @@ class StageOutcome:
 
 def stage_environment(device: str | None = None) -> dict[str, str]:
     """The environment of a stage's process: this one's, with this environment's ``bin`` first on the
-    PATH (dvc.yaml's commands are ``cmhash ...``), unbuffered output, and the GPU it was given."""
+    PATH (dvc.yaml's commands are ``cmhash ...``), unbuffered output, the GPU it was given, and the mark
+    of a flow run's stage (a ``cmhash`` command without it refuses while a flow run holds the clone)."""
     env = dict(os.environ)
+    env[FLOW_RUN_VARIABLE] = "1"
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     env["PYTHONUNBUFFERED"] = "1"
     if device is not None:

@@ -3,7 +3,7 @@
 - :func:`check_clone`: what experiments need (a full, not shallow, clone with a commit and a git
   identity; for ``push``, a git remote and a DVC remote), checked before anything runs.
 - :func:`exclusive_workspace`: one flow run at a time, and none while another DVC process (a
-  ``dvc repro`` started by hand, say) works here: the run waits, then refuses with a message naming
+  ``dvc repro`` started by hand, say) or a ``cmhash`` command run by hand works here: the run waits, then refuses with a message naming
   the process, and never rewrites a file under it.
 - :func:`params_for_run`: the run's overrides written into params.yaml (the file every stage's
   ``params`` in dvc.yaml name, so the one whose values the stages and the experiment record) as
@@ -60,31 +60,36 @@ def check_clone(root: str | Path, push: bool = False, git_remote: str = "origin"
                               "be pushed: dvc remote add -d NAME URL")
 
 
-def active_dvc_processes(root: str | Path) -> list[str]:
-    """What other DVC processes are doing in ``root`` now: a holder of the repository lock (DVC
-    holds it between a ``dvc repro``'s stages) and the live holders of DVC's per-path locks (held
-    while a stage's command runs). Empty when DVC is idle here."""
+def active_processes(root: str | Path) -> list[str]:
+    """What other processes are doing in ``root`` now: a holder of DVC's repository lock (DVC holds
+    it between a ``dvc repro``'s stages), the live holders of DVC's per-path locks (held while a
+    stage's command runs), and ``cmhash`` commands run by hand (``cmhash.pipeline.workspace_users``).
+    Empty when nothing works here."""
     from cmhash.orchestration.dvc_state import path_holders, repository_busy
+    from cmhash.pipeline.workspace_users import running_commands
 
     root = Path(root)
     busy = [f"a DVC command holds the repository lock ({root / '.dvc' / 'tmp' / 'lock'})"] if repository_busy(root) else []
-    return busy + sorted({f"PID {holder.pid}: {holder.command}" for holder in path_holders(root)})
+    return busy + sorted({f"PID {holder.pid}: {holder.command}" for holder in path_holders(root)}) + running_commands(root)
 
 
 @contextmanager
 def exclusive_workspace(root: str | Path, timeout: float = 600, poll_seconds: float = 2.0) -> Iterator[None]:
-    """Hold the workspace for one flow run: wait up to ``timeout`` seconds for another flow run and
-    for other DVC processes to finish, then refuse with a message naming what is running."""
+    """Hold the workspace for one flow run: wait up to ``timeout`` seconds for another flow run, other
+    DVC processes and ``cmhash`` commands run by hand to finish, then refuse with a message naming what
+    is running. While it is held, a ``cmhash`` command started by hand refuses."""
+    from cmhash.pipeline.workspace_users import FLOW_LOCK
+
     root = Path(root)
     deadline = time.monotonic() + timeout
-    lock_path = root / ".dvc" / "tmp" / "cmhash-flow.lock"
+    lock_path = root / FLOW_LOCK
     lock_path.parent.mkdir(parents=True, exist_ok=True)
     with open(lock_path, "a") as handle:
         said = False
         while True:
             try:
                 fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                busy = active_dvc_processes(root)
+                busy = active_processes(root)
                 if not busy:
                     break
                 fcntl.flock(handle, fcntl.LOCK_UN)

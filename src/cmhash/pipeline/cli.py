@@ -9,6 +9,7 @@ Heavy libraries are imported inside the stage functions, so ``cmhash --help`` st
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import sys
 from pathlib import Path
@@ -144,6 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         from cmhash.pipeline.layout import Layout
         from cmhash.pipeline.params import SECTIONS, load_params
+        from cmhash.pipeline.workspace_users import announced_command
 
         if args.stage == "diff":
             from cmhash.pipeline.metrics_diff import check_threshold, diff_metrics, metrics_at, render_diff, table_records
@@ -170,44 +172,48 @@ def main(argv: list[str] | None = None) -> int:
         stage = _stage_module(args.stage)
         params = load_params(args.params, stage.SECTIONS if stage else COMMAND_SECTIONS.get(args.stage, SECTIONS))
         layout = Layout(args.root)
-        if args.stage == "search":
-            from cmhash.service.cli import run_search
+        # A command that writes into the clone says so while it runs, so that a flow run sees it (and it refuses
+        # while a flow run holds the clone): cmhash.pipeline.workspace_users.
+        with announced_command(args.root, "cmhash " + " ".join(sys.argv[1:] if argv is None else argv)) \
+                if args.stage in STAGES or args.stage == "tune" else contextlib.nullcontext():
+            if args.stage == "search":
+                from cmhash.service.cli import run_search
 
-            return run_search(args, search_service(params, layout))
-        if args.stage == "serve":
-            from cmhash.service.server import serve
+                return run_search(args, search_service(params, layout))
+            if args.stage == "serve":
+                from cmhash.service.server import serve
 
-            serve(search_service(params, layout), args.host, args.port)
-            return 0
-        if args.stage == "check-params":
-            print(f"checked {args.params}: wrote {stage.run(params, layout)}")
-            return 0
-        progress = sys.stderr.isatty() and not getattr(args, "quiet", False)  # no bar noise in logs
-        if args.stage == "prepare":
-            print(f"prepared {stage.run(params, layout, progress)}")
-        elif args.stage == "validate":
-            report = stage.run(params, layout)
-            print(f"validated {layout.prepared(params['dataset']['name'])}: all {report['evaluated']} expectations passed")
-        elif args.stage == "encode":
-            print(f"encoded {stage.run(params, layout, progress)}")
-        elif args.stage == "train":
-            method, bits = _method_and_bits(args)
-            print(f"trained {stage.run(params, layout, method, bits, progress)}")
-        elif args.stage == "evaluate":
-            stage.run(params, layout, _one_model_or_all(args), progress)
-        elif args.stage == "report":
-            print(f"wrote {stage.run(params, layout)}")
-        elif args.stage == "items":
-            print(f"wrote {stage.run(params, layout, progress)}")
-        elif args.stage == "index":
-            stage.run(params, layout, _one_model_or_all(args))
-        elif args.stage == "tune":
-            from cmhash.pipeline.tuning import parse_grid, render_table, tune
+                serve(search_service(params, layout), args.host, args.port)
+                return 0
+            if args.stage == "check-params":
+                print(f"checked {args.params}: wrote {stage.run(params, layout)}")
+                return 0
+            progress = sys.stderr.isatty() and not getattr(args, "quiet", False)  # no bar noise in logs
+            if args.stage == "prepare":
+                print(f"prepared {stage.run(params, layout, progress)}")
+            elif args.stage == "validate":
+                report = stage.run(params, layout)
+                print(f"validated {layout.prepared(params['dataset']['name'])}: all {report['evaluated']} expectations passed")
+            elif args.stage == "encode":
+                print(f"encoded {stage.run(params, layout, progress)}")
+            elif args.stage == "train":
+                method, bits = _method_and_bits(args)
+                print(f"trained {stage.run(params, layout, method, bits, progress)}")
+            elif args.stage == "evaluate":
+                stage.run(params, layout, _one_model_or_all(args), progress)
+            elif args.stage == "report":
+                print(f"wrote {stage.run(params, layout)}")
+            elif args.stage == "items":
+                print(f"wrote {stage.run(params, layout, progress)}")
+            elif args.stage == "index":
+                stage.run(params, layout, _one_model_or_all(args))
+            elif args.stage == "tune":
+                from cmhash.pipeline.tuning import parse_grid, render_table, tune
 
-            result = tune(params, layout, args.method, args.bits, parse_grid(args.grid), args.validation, progress,
-                          log=None if args.quiet else lambda line: print(line, flush=True), resume=args.resume)
-            print(render_table(result))
-            print(f"wrote {layout.tune_report(args.method, args.bits)}.md and .json")
+                result = tune(params, layout, args.method, args.bits, parse_grid(args.grid), args.validation, progress,
+                              log=None if args.quiet else lambda line: print(line, flush=True), resume=args.resume)
+                print(render_table(result))
+                print(f"wrote {layout.tune_report(args.method, args.bits)}.md and .json")
     except CmhashError as err:
         print(f"cmhash {args.stage}: error: {for_terminal(str(err))}", file=sys.stderr)
         return 1
