@@ -413,6 +413,16 @@ class SearchService:
             self._indexes[key] = loaded
             return loaded
 
+    def require_index(self, method: Any, bits: Any) -> None:
+        """The answer :meth:`index` gives an index that is not there (404, or 503 during a rebuild),
+        from a look at the folders alone: before an upload is decoded for it."""
+        try:
+            key = (str(method), int(str(bits).strip()))
+        except ValueError:
+            key = None
+        if key not in self.catalog() and key not in self._indexes:
+            self.index(method, bits)  # no folder: nothing to load, it raises (or finds the version held)
+
     def _load(self, key: tuple[str, int], folder: Path) -> LoadedIndex:
         from cmhash.search.index_files import IndexFiles
 

@@ -177,6 +177,7 @@ def create_app(service: SearchService) -> FastAPI:
                     raise SearchError(f"the upload is larger than {MAX_UPLOAD_BYTES:,} bytes, the limit for images.", 413)
             if not body:
                 raise SearchError("the request has no image: send the image file as the body of the POST.")
+            service.require_index(method, bits)  # an unknown index is a 404 before the upload is decoded
             # decoded into the model's input now, not in the batch: only that small input waits
             picture = await asyncio.get_running_loop().run_in_executor(decoder, service.prepare_image, body, "the upload", memory)
         finally:
