@@ -362,6 +362,22 @@ def test_parallel_stages_overlap_each_on_a_gpu_of_its_own(prefect_server, tmp_pa
     assert set(lock["stages"]) == {stage.name for stage in stages}
 
 
+def test_long_fits_that_read_the_same_files_overlap_and_the_run_completes(prefect_server, tmp_path):
+    """Two fits of the default dvc.yaml read params.yaml, the features and the same code: DVC runs them
+    side by side, and so must the flow (it once called the second busy and retried it until the first
+    had ended, and a fit longer than the retries failed the run)."""
+    # lsh's fit ends at once, so jdsh's starts (the third of two parallel slots) while djsrh's holds its locks
+    project = _flow_project(tmp_path / "project", methods=("lsh", "djsrh", "jdsh"))
+    epochs = ["-S", "methods.djsrh.epochs=400", "-S", "methods.jdsh.epochs=400"]  # seconds each, on 2 cores
+    _experiment_saved(_run_flow(project, prefect_server, "--max-parallel", "2", *epochs))
+    rows = {row["stage"]: row for row in _latest_artifact(prefect_server, "stage-outcomes")}
+    first, second = sorted((rows["train@djsrh-16"], rows["train@jdsh-16"]), key=lambda row: row["started"])
+    assert first["outcome"] == second["outcome"] == rows["train@lsh-16"]["outcome"] == "ran"
+    assert rows["train@lsh-16"]["finished"] < second["started"]  # the third fit of two slots
+    assert min(float(first["seconds"]), float(second["seconds"])) > 3, (first, second)  # long enough to tell
+    assert second["started"] < first["finished"], (first, second)  # the later one started while the first held its locks
+
+
 @pytest.mark.slow
 def test_the_dask_task_runner_runs_the_pipeline(prefect_server, tmp_path):
     project = _flow_project(tmp_path / "project")
