@@ -41,6 +41,7 @@ from prefect.states import Failed, State
 from cmhash.errors import CmhashError, quote
 from cmhash.orchestration.dvc_state import out_of_date, read_pipeline
 from cmhash.orchestration.experiments import experiment_names, name_for_run, previous_experiments, push_experiment, save_experiment
+from cmhash.orchestration.refusals import refused
 from cmhash.orchestration.stage_process import end_running_stages
 from cmhash.orchestration.tasks import run_stage, stage_task_runner
 from cmhash.orchestration.workspace import check_clone, exclusive_workspace, params_for_run, recover_params, remove_leftover_temporaries
@@ -154,11 +155,8 @@ def pipeline(
     try:
         return _reproduce_and_compare(overrides, max_parallel, baseline, regression_threshold, push, task_runner,
                                       dask_address, workspace_timeout)
-    except CmhashError as refusal:
-        # An expected refusal (a busy workspace, an edited params.yaml, a bad override, a failed stage, a regression):
-        # the run ends Failed with its message alone. Raised, Prefect would log it with a traceback that says nothing
-        # more and buries the message. Unexpected errors keep their traceback.
-        return Failed(message=str(refusal))
+    except CmhashError as refusal:  # an expected refusal: Failed, with its message alone (unexpected errors keep their traceback)
+        return refused(refusal)
 
 
 def _reproduce_and_compare(overrides: dict[str, Any] | None, max_parallel: int, baseline: str | None,

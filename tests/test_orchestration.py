@@ -218,6 +218,7 @@ def test_scheduled_runs_rerun_what_changed_and_fail_on_a_regression(deployment, 
     notifications = _notification_receiver(deployment)
     worse = deployment.run({"overrides": {**overrides, "methods.dcmht.epochs": 1}})
     assert worse["state"]["type"] == "FAILED"
+    assert "Traceback" not in worse["worker_output"], worse["worker_output"][-4000:]  # the regression is its message alone
     message = worse["state"]["message"]
     assert f"regressed against {third['name']} by more than 0.01" in message
     assert "dcmht 16 bits I→T mAP@all" in message and "djsrh" not in message and "lsh" not in message
