@@ -45,7 +45,17 @@ from cmhash.orchestration.refusals import refused
 from cmhash.orchestration.stage_process import end_running_stages
 from cmhash.orchestration.tasks import run_stage, stage_task_runner
 from cmhash.orchestration.workspace import check_clone, exclusive_workspace, params_for_run, recover_params, remove_leftover_temporaries
-from cmhash.pipeline.metrics_diff import check_threshold, diff_metrics, header_lines, metrics_at, regressions, render_diff, settings_differences, table_records
+from cmhash.pipeline.metrics_diff import (
+    FEATURES_DIFFER,
+    check_threshold,
+    diff_metrics,
+    header_lines,
+    metrics_at,
+    regressions,
+    render_diff,
+    settings_differences,
+    table_records,
+)
 from cmhash.pipeline.params_file import parse_overrides
 
 OUTCOME_COLUMNS = ("stage", "outcome", "started", "finished", "seconds", "gpu")
@@ -204,7 +214,7 @@ def _reproduce_and_compare(overrides: dict[str, Any] | None, max_parallel: int, 
         raise CmhashError(f"experiment {name}: metrics file(s) could not be read: " + "; ".join(diff.unreadable))
     if regressed := regressions(diff):
         raise CmhashError(f"experiment {name} regressed against {compared_with} by more than {regression_threshold:g}: "
-                          + "; ".join(regressed))
+                          + "; ".join(regressed) + (f" ({FEATURES_DIFFER})" if diff.features_differ else ""))
     return {"experiment": name, "baseline": compared_with, "comparable": not diff.not_comparable, "stages": outcomes}
 
 

@@ -238,3 +238,30 @@ def test_a_section_the_comparison_does_not_read_cannot_make_a_version_unknown(ve
     assert main(["diff", "--root", str(versions)]) == 0
     out = capsys.readouterr().out
     assert "not comparable" not in out and "<<" in out
+
+
+def _encode_lock(root, features_md5: str, code_md5: str = "c0de") -> None:
+    """dvc.lock as DVC writes it, with an encode stage: its inputs (command, code, prepared data,
+    params) and the md5 of the features it wrote."""
+    (root / "dvc.lock").write_text(yaml.safe_dump({"schema": "2.0", "stages": {"encode": {
+        "cmd": "cmhash encode",
+        "deps": [{"path": "data/prepared/builtin.h5", "md5": "9a7a", "size": 10},
+                 {"path": "src/cmhash/encoders/offline.py", "md5": code_md5, "size": 5}],
+        "params": {"params.yaml": {"encode": {"backend": "offline"}}},
+        "outs": [{"path": "data/features/builtin.h5", "md5": features_md5, "size": 20}]}}}))
+
+
+@pytest.mark.parametrize(("code_md5", "said"), [("c0de", True), ("edited", False)])
+def test_features_that_differ_with_the_same_encoding_inputs_are_said_to_differ_by_machine(versions, capsys, code_md5, said):
+    """The same data, code and params encoded on another machine: the diff says the features differ
+    by machine; where the encoder's code changed, the change is the version's, and it says nothing."""
+    _encode_lock(versions, "f1")
+    run_command(["git", "add", "dvc.lock"], versions)
+    run_command(["git", "commit", "-qm", "encoded here"], versions)
+    _encode_lock(versions, "f2", code_md5)  # the workspace: encoded elsewhere (or with edited code)
+    assert main(["diff", "--root", str(versions)]) == 0
+    out = capsys.readouterr().out
+    assert ("features differ by machine: both versions encoded the same data with the same code" in out) is said
+    _encode_lock(versions, "f1", code_md5)  # the same features: nothing to say
+    assert main(["diff", "--root", str(versions)]) == 0
+    assert "features differ by machine" not in capsys.readouterr().out

@@ -189,6 +189,46 @@ def settings_differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
             for key in sorted(set(old) | set(new)) if old.get(key, "-") != new.get(key, "-")]
 
 
+@dataclass(frozen=True)
+class EncodeRecord:
+    """What ``dvc.lock`` recorded of a version's encode stage: what went in (its command, the md5 of
+    every dependency, code included, and its parameters) and the md5 of the features it wrote."""
+    inputs: str
+    features: str
+
+
+ENCODE_STAGE = "encode"
+
+
+def encode_record_at(root: str | Path, version: Version) -> EncodeRecord | None:
+    """The encode stage's entry of ``dvc.lock`` at ``version`` (DVC's lock file format: ``stages`` ->
+    name -> ``cmd``, ``deps``, ``params``, ``outs``, each file with its md5), or None where there is
+    none or it cannot be read."""
+    from ruamel.yaml import YAML
+    from ruamel.yaml.error import YAMLError
+
+    data = read_at(root, version, "dvc.lock")
+    try:
+        entry = ((YAML(typ="safe").load(data) or {}).get("stages") or {}).get(ENCODE_STAGE) if data else None
+        if not isinstance(entry, dict):
+            return None
+        files = lambda items: sorted((item.get("path"), item.get("md5") or item.get("hash")) for item in items or [])  # noqa: E731
+        inputs = json.dumps({"cmd": entry.get("cmd"), "deps": files(entry.get("deps")), "params": entry.get("params")},
+                            sort_keys=True, default=str)
+        features = json.dumps(files(entry.get("outs")))
+    except (YAMLError, AttributeError, TypeError, ValueError):
+        return None
+    return EncodeRecord(inputs, features)
+
+
+def features_differ_by_machine(old: VersionMetrics, new: VersionMetrics) -> bool:
+    """Whether the two versions encoded the same inputs (command, code, parameters and prepared data,
+    by their md5 in dvc.lock) into different features: the machines' arithmetic differs (the
+    encoder's kernels take other SIMD paths on other CPUs), not anything the versions changed."""
+    return (old.encoding is not None and new.encoding is not None and old.encoding.inputs == new.encoding.inputs
+            and old.encoding.features != new.encoding.features)
+
+
 @dataclass
 class VersionMetrics:
     """The scores of one version, the cells it could not read (and why), and its comparison settings."""
@@ -198,6 +238,7 @@ class VersionMetrics:
     settings: dict[str, Any] = field(default_factory=dict)
     columns: dict[str, str] = field(default_factory=lambda: metric_columns(None))
     unchecked: str = ""  # why the settings are unknown (params.yaml missing or not passing the schema); "": known
+    encoding: EncodeRecord | None = None  # what dvc.lock recorded of the encode stage; None: no record
 
 
 def metrics_at(root: str | Path, name: str) -> VersionMetrics:
@@ -218,6 +259,7 @@ def metrics_at(root: str | Path, name: str) -> VersionMetrics:
     else:
         result = VersionMetrics(name, settings=comparison_settings(compared),
                                 columns=metric_columns(compared["evaluate"]["map_ks"]))
+    result.encoding = encode_record_at(root, version)
     present = _metrics_files_at(root, version)
     files = {(match["method"], int(match["bits"])): path for path in present if (match := _METRICS_FILE.match(path))}
     # The cells its train stages fit: dvc.yaml's matrix reads train.methods x train.bits from the raw
@@ -293,6 +335,7 @@ class Diff:
     not_comparable: list[str]   # the differing data and evaluation settings, or why they are unknown; empty: comparable
     columns: dict[str, str] = field(default_factory=dict)  # {key: title}: mAP@all and the mAP@k of either version
     unchecked: list[str] = field(default_factory=list)     # why a version's settings are unknown
+    features_differ: bool = False  # same encoding inputs, other features: the machines differ (features_differ_by_machine)
 
     @property
     def unreadable(self) -> list[str]:
@@ -316,7 +359,7 @@ def diff_metrics(old: VersionMetrics, new: VersionMetrics, threshold: float) -> 
     for version in (old, new):
         for (method, bits), why in sorted(version.unreadable.items()):
             rows.append(DiffRow(method, bits, "", unreadable=why))
-    return Diff(old.name, new.name, threshold, rows, differences, columns, unchecked)
+    return Diff(old.name, new.name, threshold, rows, differences, columns, unchecked, features_differ_by_machine(old, new))
 
 
 def regressions(diff: Diff) -> list[str]:
@@ -350,6 +393,11 @@ def _cell_text(header: str, value: Any) -> str:
     return str(value)
 
 
+FEATURES_DIFFER = ("features differ by machine: both versions encoded the same data with the same code and parameters "
+                   "(dvc.lock), but the features differ, so the changes below include the two machines' arithmetic, "
+                   "not only what the versions changed")
+
+
 def header_lines(diff: Diff) -> list[str]:
     """What the table compares, and why no cell counts as a regression when the versions differ."""
     lines = [f"metrics: {diff.old_name} (old) -> {diff.new_name} (new); regression: a drop of more than {diff.threshold:g}"]
@@ -359,6 +407,8 @@ def header_lines(diff: Diff) -> list[str]:
     elif diff.not_comparable:
         lines.append(f"not comparable: the two versions differ in data or evaluation settings ({'; '.join(diff.not_comparable)}), "
                      "so no change is a regression")
+    if diff.features_differ:
+        lines.append(FEATURES_DIFFER)
     return lines
 
 
