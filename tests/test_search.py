@@ -901,3 +901,76 @@ def test_past_the_connection_limit_the_answer_is_json_with_retry_after():
     finally:
         server.should_exit = True
         thread.join(30)
+
+
+def _serve(root: Path) -> tuple[subprocess.Popen, str]:
+    """`cmhash serve` started in ``root`` on a free port of 127.0.0.1, once it answers."""
+    import httpx
+
+    port = _free_port()
+    server = subprocess.Popen(["cmhash", "serve", "--port", str(port)], cwd=root, env={**COMMAND_ENV, "HF_HUB_OFFLINE": "1"},
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            httpx.get(f"http://127.0.0.1:{port}/api/models", timeout=2).raise_for_status()
+            return server, f"http://127.0.0.1:{port}"
+        except httpx.HTTPError:
+            assert server.poll() is None and time.monotonic() < deadline, "cmhash serve did not start"
+            time.sleep(0.5)
+
+
+@pytest.mark.e2e  # dvc repro twice in a scratch project, under a running `cmhash serve`
+def test_a_running_service_follows_a_rebuild_with_another_seed(tmp_path):
+    """Issue 29, 10 and 13, as a user meets them: `cmhash serve` runs while `dvc repro` rebuilds
+    everything with another dataset.seed. Every answer during the rebuild is one version (all its
+    captions from the old catalog, or all from the new), or a 503 with Retry-After; never a 404 or a
+    500. After it, the answers' captions are the new catalog's."""
+    import threading
+
+    import httpx
+    from conftest import run_command, scratch_project
+
+    params = tiny_params()
+    params["train"]["methods"], params["train"]["bits"] = ["lsh"], [16]
+    root = scratch_project(tmp_path / "project", params)
+    run_command(["dvc", "repro"], root)
+    layout = Layout(root)
+    old = _catalog_captions(layout)
+    server, base = _serve(root)
+    query = {"method": "lsh", "bits": 16, "text": "a red square", "k": 10}
+    answers, stop = [], threading.Event()
+
+    def ask_until_stopped():
+        with httpx.Client(timeout=30) as client:
+            while not stop.is_set() and len(answers) < 5000:
+                response = client.get(f"{base}/api/search", params=query)
+                answers.append((response.status_code, response.headers.get("retry-after"), response.json()))
+                time.sleep(0.02)
+
+    asker = threading.Thread(target=ask_until_stopped)
+    asker.start()
+    try:
+        params["dataset"]["seed"] = 1
+        (root / "params.yaml").write_text(yaml.safe_dump(params))
+        run_command(["dvc", "repro"], root)
+        new = _catalog_captions(layout)
+        assert new != old  # the rebuild changed the captions
+        deadline = time.monotonic() + 30
+        while not (answers and answers[-1][0] == 200 and all(result["captions"] == new[result["id"]]
+                                                              for result in answers[-1][2]["results"])):
+            assert time.monotonic() < deadline, answers[-1]
+            time.sleep(0.5)
+    finally:
+        stop.set()
+        asker.join(60)
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(30)
+    assert len(answers) > 20
+    for status, retry_after, body in answers:
+        if status == 200:
+            results = body["results"]
+            assert results and (all(r["captions"] == old.get(r["id"]) for r in results)
+                                or all(r["captions"] == new.get(r["id"]) for r in results)), body
+        else:
+            assert status == 503 and retry_after and "being rebuilt" in body["error"], (status, body)
