@@ -9,7 +9,6 @@ Heavy libraries are imported inside the stage functions, so ``cmhash --help`` st
 from __future__ import annotations
 
 import argparse
-import contextlib
 import errno
 import sys
 from pathlib import Path
@@ -172,19 +171,18 @@ def main(argv: list[str] | None = None) -> int:
         stage = _stage_module(args.stage)
         params = load_params(args.params, stage.SECTIONS if stage else COMMAND_SECTIONS.get(args.stage, SECTIONS))
         layout = Layout(args.root)
-        # A command that writes into the clone says so while it runs, so that a flow run sees it (and it refuses
-        # while a flow run holds the clone): cmhash.pipeline.workspace_users.
-        with announced_command(args.root, "cmhash " + " ".join(sys.argv[1:] if argv is None else argv)) \
-                if args.stage in STAGES or args.stage == "tune" else contextlib.nullcontext():
-            if args.stage == "search":
-                from cmhash.service.cli import run_search
+        if args.stage == "search":
+            from cmhash.service.cli import run_search
 
-                return run_search(args, search_service(params, layout))
-            if args.stage == "serve":
-                from cmhash.service.server import serve
+            return run_search(args, search_service(params, layout))
+        if args.stage == "serve":
+            from cmhash.service.server import serve
 
-                serve(search_service(params, layout), args.host, args.port)
-                return 0
+            serve(search_service(params, layout), args.host, args.port)
+            return 0
+        # Every other command writes into the clone, and says so while it runs, so that a flow run sees it (and it
+        # refuses while a flow run holds the clone): cmhash.pipeline.workspace_users.
+        with announced_command(args.root, "cmhash " + " ".join(sys.argv[1:] if argv is None else argv)):
             if args.stage == "check-params":
                 print(f"checked {args.params}: wrote {stage.run(params, layout)}")
                 return 0
