@@ -3,12 +3,13 @@
 - :func:`check_clone`: what experiments need (a full, not shallow, clone with a commit and a git
   identity; for ``push``, a git remote and a DVC remote), checked before anything runs.
 - :func:`exclusive_workspace`: one flow run at a time, and none while another DVC process (a
-  ``dvc repro`` started by hand, say) or a ``cmhash`` command run by hand works here: the run waits, then refuses with a message naming
-  the process, and never rewrites a file under it.
+  ``dvc repro`` started by hand, say) or a ``cmhash`` command run by hand works here: the run
+  waits, then refuses with a message naming the process, and never rewrites a file under it.
 - :func:`params_for_run`: the run's overrides written into params.yaml (the file every stage's
   ``params`` in dvc.yaml name, so the one whose values the stages and the experiment record) as
-  ``dvc exp run -S`` writes them, checked before any stage runs, and the file put back as it was when the run ends, but only
-  if it is still exactly what the run wrote: a file the user edited meanwhile is never overwritten.
+  ``dvc exp run -S`` writes them, checked before any stage runs, and the file put back as it was
+  when the run ends, but only if it is still exactly what the run wrote: a file the user edited
+  meanwhile is never overwritten.
 - :func:`recover_params`: what a killed run left (its overrides still in the file) put back, or a
   refusal that says what to do, before the next run touches anything.
 - :func:`remove_leftover_temporaries`: the half-written files of stages killed mid-write.
