@@ -13,8 +13,9 @@ status; none is a traceback or plain text, not even those uvicorn itself answers
 not valid HTTP, too many connections: :mod:`cmhash.service.protocol`). Concurrent searches are
 answered in batches (:mod:`cmhash.service.batching`); an uploaded image is decoded into the model's
 input as soon as it arrives, in one thread of its own, the bytes of images held at once bounded
-(:class:`~cmhash.service.search_service.ImageMemory`). The interactive API pages (Swagger UI) are not served: they load
-their scripts from a CDN, so they would be blank offline; the OpenAPI document is served instead.
+(:class:`~cmhash.service.search_service.ImageMemory`). The interactive API pages (Swagger UI) are
+not served: they load their scripts from a CDN, so they would be blank offline; the OpenAPI
+document is served instead.
 (FastAPI resolves the handlers' annotations at import, hence no ``from __future__ import
 annotations`` here.)
 """
@@ -118,8 +119,7 @@ def create_app(service: SearchService) -> FastAPI:
 
     @app.exception_handler(SearchError)
     async def search_error(request: Request, error: SearchError):
-        retry_after = getattr(error, "retry_after", None)
-        return _error(str(error), error.status, {"Retry-After": str(retry_after)} if retry_after is not None else None)
+        return _error(str(error), error.status, {"Retry-After": str(error.retry_after)} if error.retry_after is not None else None)
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, error: RequestValidationError):
