@@ -5,11 +5,19 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
+from typing import BinaryIO
 
 
 def file_md5(path: str | Path, block: int = 1 << 24) -> str:
-    digest = hashlib.md5()
     with open(path, "rb") as handle:
-        while chunk := handle.read(block):
-            digest.update(chunk)
+        return open_file_md5(handle, block)
+
+
+def open_file_md5(handle: BinaryIO, block: int = 1 << 24) -> str:
+    """The md5 of a file already open for binary reading, read from its start (so that what is
+    checked is what is then read through the same handle)."""
+    digest = hashlib.md5()
+    handle.seek(0)
+    while chunk := handle.read(block):
+        digest.update(chunk)
     return digest.hexdigest()

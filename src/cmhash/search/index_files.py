@@ -38,7 +38,7 @@ import h5py
 import numpy as np
 
 from cmhash import __version__
-from cmhash.checksums import file_md5
+from cmhash.checksums import file_md5, open_file_md5
 from cmhash.errors import CmhashError, quote
 
 THUMBNAIL_SIDE = 256
@@ -120,8 +120,12 @@ def read_regular_file(path: Path) -> tuple[bytes, tuple[int, int, int]] | None:
     if handle is None:
         return None
     with handle:
-        status = os.fstat(handle.fileno())
-        return handle.read(), (status.st_ino, status.st_mtime_ns, status.st_size)
+        return handle.read(), file_stamp(os.fstat(handle.fileno()))
+
+
+def file_stamp(status: os.stat_result) -> tuple[int, int, int]:
+    """What tells one version of a file from the next one written in its place: (inode, mtime, size)."""
+    return status.st_ino, status.st_mtime_ns, status.st_size
 
 
 def _open_regular_file(path: Path):
@@ -135,14 +139,6 @@ def _open_regular_file(path: Path):
         os.close(descriptor)
         return None
     return os.fdopen(descriptor, "rb")
-
-
-def _md5_of_open_file(handle) -> str:
-    digest = hashlib.md5()
-    handle.seek(0)
-    while chunk := handle.read(1 << 24):
-        digest.update(chunk)
-    return digest.hexdigest()
 
 
 @dataclass
@@ -261,7 +257,7 @@ class IndexFiles:
             if handle is None:
                 raise _damaged(path, "missing, or not a regular file", stage)
             with handle:
-                if _md5_of_open_file(handle) != info["files"][name]:
+                if open_file_md5(handle) != info["files"][name]:
                     raise _damaged(path, "not the file this index was built with (its md5 differs from index.json's)", stage)
                 if name.endswith(".hidx"):  # memory-mapped from the file that was checked, not reopened by path
                     try:

@@ -199,11 +199,12 @@ class ImageMemory:
 def _stamp(path: Path) -> tuple[int, int, int] | None:
     """(inode, mtime, size) of the file at ``path`` (not following a link), ``None`` when there is
     none: a file replaced by a rebuild has another."""
+    from cmhash.search.index_files import file_stamp
+
     try:
-        status = os.lstat(path)
+        return file_stamp(os.lstat(path))
     except OSError:
         return None
-    return status.st_ino, status.st_mtime_ns, status.st_size
 
 
 def _alive(pid: Any) -> bool:
